@@ -1,0 +1,1 @@
+//! chat_server: a blind relay for end-to-end encrypted chat.
