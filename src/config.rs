@@ -1,0 +1,375 @@
+//! Settings: command-line flags, environment and `.env`, validated once into a
+//! [`Config`]. A flag beats the environment, which beats `.env` (dotenvy never
+//! overrides a variable that is already set). A bad value is a [`ConfigError`]
+//! whose one-line message names the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+use crate::channel::RenewalPolicy;
+
+/// Command line of the `chat_server` binary.
+#[derive(Debug, Parser)]
+#[command(name = "chat_server", version, about = "End-to-end encrypted chat relay")]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Every setting, as flag and environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address and port to listen on.
+    #[arg(long, env = "CHAT_BIND", default_value = "0.0.0.0:12345")]
+    pub bind: String,
+
+    /// MySQL/MariaDB URL (mysql://user:password@host:port/database); beats DB_*.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+    /// MySQL host (the seed server's setting); MySQL is used when this or DATABASE_URL is set.
+    #[arg(long, env = "DB_HOST")]
+    pub db_host: Option<String>,
+    /// MySQL port.
+    #[arg(long, env = "DB_PORT", default_value = "3306")]
+    pub db_port: String,
+    /// MySQL database name.
+    #[arg(long, env = "DB_DATABASE", default_value = "chat_seguro")]
+    pub db_database: String,
+    /// MySQL user.
+    #[arg(long, env = "DB_USER", default_value = "root")]
+    pub db_user: String,
+    /// MySQL password.
+    #[arg(long, env = "DB_PASSWORD", default_value = "", hide_env_values = true, hide_default_value = true)]
+    pub db_password: String,
+    /// Most pooled MySQL connections.
+    #[arg(long, env = "CHAT_DB_POOL_MAX", default_value = "16")]
+    pub db_pool_max: String,
+
+    /// SQLite file used when no MySQL is configured.
+    #[arg(long = "sqlite", env = "CHAT_SQLITE_PATH", default_value = "chat_server.db")]
+    pub sqlite_path: PathBuf,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Fewest frames the server sends before it renews a connection's keys.
+    #[arg(long, env = "CHAT_RENEW_MIN_FRAMES", default_value = "50")]
+    pub renew_min_frames: String,
+    /// Most frames the server sends before it renews a connection's keys.
+    #[arg(long, env = "CHAT_RENEW_MAX_FRAMES", default_value = "100")]
+    pub renew_max_frames: String,
+    /// Shortest time between key renewals, in seconds.
+    #[arg(long, env = "CHAT_RENEW_MIN_SECS", default_value = "1800")]
+    pub renew_min_secs: String,
+    /// Longest time between key renewals, in seconds.
+    #[arg(long, env = "CHAT_RENEW_MAX_SECS", default_value = "3600")]
+    pub renew_max_secs: String,
+    /// How long output waits after a renewal response, in ms (0: no hold).
+    #[arg(long, env = "CHAT_RENEW_HOLD_MS", default_value = "200")]
+    pub renew_hold_ms: String,
+
+    /// Argon2id memory cost of new password hashes, in KiB.
+    #[arg(long, env = "CHAT_ARGON2_M_KIB", default_value = "19456")]
+    pub argon2_m_kib: String,
+    /// Argon2id iterations of new password hashes.
+    #[arg(long, env = "CHAT_ARGON2_T", default_value = "2")]
+    pub argon2_t: String,
+    /// Argon2id parallelism of new password hashes.
+    #[arg(long, env = "CHAT_ARGON2_P", default_value = "1")]
+    pub argon2_p: String,
+
+    /// Largest WebSocket message after login, in bytes.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value = "262144")]
+    pub max_message_bytes: String,
+    /// Largest WebSocket message before login, in bytes.
+    #[arg(long, env = "CHAT_MAX_AUTH_MESSAGE_BYTES", default_value = "8192")]
+    pub max_auth_message_bytes: String,
+    /// Messages that may wait for one slow recipient before it is disconnected.
+    #[arg(long, env = "CHAT_OUTBOX_CAPACITY", default_value = "1024")]
+    pub outbox_capacity: String,
+    /// Shortest wait that coalesces presence changes into one broadcast, in ms.
+    #[arg(long, env = "CHAT_PRESENCE_WINDOW_MS", default_value = "100")]
+    pub presence_window_ms: String,
+    /// Presence traffic budget in bytes per second; the coalescing window grows to keep within it.
+    #[arg(long, env = "CHAT_PRESENCE_BUDGET", default_value = "100000000")]
+    pub presence_budget: String,
+}
+
+/// A setting that failed validation; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+/// Where users and offline messages live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Mysql(MysqlConfig),
+    Sqlite(PathBuf),
+}
+
+/// MySQL connection settings. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// `mysql://` URL, with the password inside if any.
+    pub url: String,
+    pub pool_max: usize,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Mysql(mysql) => write!(f, "Mysql(pool_max={})", mysql.pool_max),
+            StoreConfig::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+        }
+    }
+}
+
+/// Argon2id parameters for new password hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        HashParams {
+            memory_kib: 19456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Validated settings of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub store: StoreConfig,
+    pub log_level: log::LevelFilter,
+    pub renewal: RenewalPolicy,
+    pub hash: HashParams,
+    pub max_message_bytes: usize,
+    pub max_auth_message_bytes: usize,
+    pub outbox_capacity: usize,
+    pub presence_window: Duration,
+    pub presence_budget: u64,
+    /// How long relays wait for a new session's first command (PROTOCOL.md 3).
+    pub ready_timeout: Duration,
+    /// How long a login challenge stays valid.
+    pub challenge_lifetime: Duration,
+}
+
+impl Config {
+    /// Loads `.env` (if present) and parses flags from the process arguments.
+    /// Clap prints `--help`/`--version` and usage errors itself.
+    pub fn load() -> Result<Config, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Config::from_settings(&Cli::parse().settings)
+    }
+
+    /// A config for tests and embedding: defaults, SQLite at `sqlite_path`.
+    pub fn for_sqlite(sqlite_path: PathBuf) -> Config {
+        let settings = Cli::parse_from(["chat_server", "--bind", "127.0.0.1:0"]).settings;
+        let mut config = Config::from_settings(&settings).expect("defaults are valid");
+        config.store = StoreConfig::Sqlite(sqlite_path);
+        config
+    }
+
+    /// Validates raw settings.
+    pub fn from_settings(settings: &Settings) -> Result<Config, ConfigError> {
+        let renewal = RenewalPolicy {
+            min_frames: parse("CHAT_RENEW_MIN_FRAMES", &settings.renew_min_frames)?,
+            max_frames: parse("CHAT_RENEW_MAX_FRAMES", &settings.renew_max_frames)?,
+            min_secs: parse("CHAT_RENEW_MIN_SECS", &settings.renew_min_secs)?,
+            max_secs: parse("CHAT_RENEW_MAX_SECS", &settings.renew_max_secs)?,
+            hold: Duration::from_millis(parse("CHAT_RENEW_HOLD_MS", &settings.renew_hold_ms)?),
+        };
+        renewal.validate().map_err(|error| ConfigError {
+            setting: "CHAT_RENEW_*",
+            reason: error.to_string(),
+        })?;
+        let config = Config {
+            bind: parse("CHAT_BIND", &settings.bind)?,
+            store: store_config(settings)?,
+            log_level: parse("CHAT_LOG", &settings.log_level)?,
+            renewal,
+            hash: hash_params(settings)?,
+            max_message_bytes: positive("CHAT_MAX_MESSAGE_BYTES", &settings.max_message_bytes)?,
+            max_auth_message_bytes: positive(
+                "CHAT_MAX_AUTH_MESSAGE_BYTES",
+                &settings.max_auth_message_bytes,
+            )?,
+            outbox_capacity: positive("CHAT_OUTBOX_CAPACITY", &settings.outbox_capacity)?,
+            presence_window: Duration::from_millis(parse(
+                "CHAT_PRESENCE_WINDOW_MS",
+                &settings.presence_window_ms,
+            )?),
+            presence_budget: positive("CHAT_PRESENCE_BUDGET", &settings.presence_budget)?,
+            ready_timeout: Duration::from_secs(5),
+            challenge_lifetime: Duration::from_secs(60),
+        };
+        Ok(config)
+    }
+}
+
+fn store_config(settings: &Settings) -> Result<StoreConfig, ConfigError> {
+    let pool_max = positive("CHAT_DB_POOL_MAX", &settings.db_pool_max)?;
+    let url = match (&settings.db_url, &settings.db_host) {
+        (Some(url), _) if !url.is_empty() => {
+            if !url.starts_with("mysql://") {
+                return Err(ConfigError {
+                    setting: "DATABASE_URL",
+                    reason: "must start with mysql://".into(),
+                });
+            }
+            url.clone()
+        }
+        (_, Some(host)) if !host.is_empty() => {
+            let port: u16 = parse("DB_PORT", &settings.db_port)?;
+            mysql_url(settings, host, port)
+        }
+        _ => return Ok(StoreConfig::Sqlite(settings.sqlite_path.clone())),
+    };
+    Ok(StoreConfig::Mysql(MysqlConfig { url, pool_max }))
+}
+
+fn mysql_url(settings: &Settings, host: &str, port: u16) -> String {
+    let credentials = if settings.db_password.is_empty() {
+        percent_encode(&settings.db_user)
+    } else {
+        format!(
+            "{}:{}",
+            percent_encode(&settings.db_user),
+            percent_encode(&settings.db_password)
+        )
+    };
+    format!(
+        "mysql://{credentials}@{host}:{port}/{}",
+        percent_encode(&settings.db_database)
+    )
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn hash_params(settings: &Settings) -> Result<HashParams, ConfigError> {
+    let params = HashParams {
+        memory_kib: positive("CHAT_ARGON2_M_KIB", &settings.argon2_m_kib)?,
+        iterations: positive("CHAT_ARGON2_T", &settings.argon2_t)?,
+        parallelism: positive("CHAT_ARGON2_P", &settings.argon2_p)?,
+    };
+    if params.memory_kib < 8 * params.parallelism {
+        return Err(ConfigError {
+            setting: "CHAT_ARGON2_M_KIB",
+            reason: "must be at least 8 x CHAT_ARGON2_P".into(),
+        });
+    }
+    Ok(params)
+}
+
+fn parse<T: std::str::FromStr>(setting: &'static str, raw: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.trim().parse().map_err(|error: T::Err| ConfigError {
+        setting,
+        reason: format!("{raw:?}: {error}"),
+    })
+}
+
+fn positive<T>(setting: &'static str, raw: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+    T::Err: std::fmt::Display,
+{
+    let value: T = parse(setting, raw)?;
+    if value <= T::default() {
+        return Err(ConfigError {
+            setting,
+            reason: format!("{raw:?}: must be greater than zero"),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["chat_server"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("flags parse").settings
+    }
+
+    #[test]
+    fn defaults_use_sqlite_and_the_documented_values() {
+        let config = Config::from_settings(&settings(&["--sqlite", "x.db"])).unwrap();
+        assert_eq!(config.store, StoreConfig::Sqlite(PathBuf::from("x.db")));
+        assert_eq!(config.renewal.min_frames, 50);
+        assert_eq!(config.renewal.max_secs, 3600);
+        assert_eq!(config.renewal.hold, Duration::from_millis(200));
+        assert_eq!(config.hash, HashParams::default());
+    }
+
+    #[test]
+    fn seed_db_settings_become_a_mysql_url() {
+        let config = Config::from_settings(&settings(&[
+            "--db-host",
+            "db.local",
+            "--db-user",
+            "chat",
+            "--db-password",
+            "p@ss word",
+            "--db-database",
+            "chat_seguro",
+        ]))
+        .unwrap();
+        match config.store {
+            StoreConfig::Mysql(mysql) => assert_eq!(
+                mysql.url,
+                "mysql://chat:p%40ss%20word@db.local:3306/chat_seguro"
+            ),
+            other => panic!("expected MySQL, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let error = Config::from_settings(&settings(&["--bind", "nowhere"])).unwrap_err();
+        assert_eq!(error.setting, "CHAT_BIND");
+        let error =
+            Config::from_settings(&settings(&["--renew-min-frames", "-3"])).unwrap_err();
+        assert_eq!(error.setting, "CHAT_RENEW_MIN_FRAMES");
+        let error = Config::from_settings(&settings(&[
+            "--renew-min-frames",
+            "90",
+            "--renew-max-frames",
+            "10",
+        ]))
+        .unwrap_err();
+        assert!(error.to_string().contains("CHAT_RENEW"), "{error}");
+        let error = Config::from_settings(&settings(&["--db-url", "postgres://x"])).unwrap_err();
+        assert_eq!(error.setting, "DATABASE_URL");
+        let error = Config::from_settings(&settings(&["--log-level", "loud"])).unwrap_err();
+        assert_eq!(error.setting, "CHAT_LOG");
+    }
+}

@@ -1,0 +1,352 @@
+//! A [`Link`] is one client's WebSocket plus its secure channel: it turns
+//! socket frames into decrypted commands and plaintext replies into sealed
+//! frames, and knows how to wait on the socket with `poll(2)`.
+//!
+//! The socket is blocking (with deadlines) during the upgrade, the channel
+//! handshake and the authentication phase, which only ever wait for the
+//! client; it becomes non-blocking in the session loop, which also waits for
+//! the dispatcher's wake-ups.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::channel::{ChannelError, Inbound, RenewalPolicy, ServerChannel};
+use crate::waker::Waker;
+
+/// Bytes buffered before tungstenite writes to the socket by itself; the
+/// session loop flushes after each batch anyway.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long the upgrade plus `HANDSHAKE_START` may take.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a best-effort close may block.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Why a link stopped, with the close code the client should see.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("would block")]
+    WouldBlock,
+    #[error("closed by the client")]
+    Closed,
+    #[error("timed out")]
+    TimedOut,
+    #[error("socket error: {0}")]
+    Io(io::Error),
+    #[error("{reason}")]
+    Violation { code: u16, reason: String },
+}
+
+impl LinkError {
+    fn violation(code: u16, reason: impl Into<String>) -> LinkError {
+        LinkError::Violation {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The close code to send, if a close frame still makes sense.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            LinkError::Violation { code, .. } => Some(*code),
+            LinkError::TimedOut => Some(1008),
+            _ => None,
+        }
+    }
+}
+
+impl From<ChannelError> for LinkError {
+    fn from(error: ChannelError) -> LinkError {
+        LinkError::violation(error.close_code(), error.to_string())
+    }
+}
+
+impl From<tungstenite::Error> for LinkError {
+    fn from(error: tungstenite::Error) -> LinkError {
+        use tungstenite::Error as E;
+        match error {
+            E::ConnectionClosed | E::AlreadyClosed => LinkError::Closed,
+            E::Io(io) => LinkError::from_io(io),
+            E::Capacity(error) => LinkError::violation(1009, error.to_string()),
+            E::Utf8 => LinkError::violation(1007, "text frame is not UTF-8"),
+            other => LinkError::violation(1002, other.to_string()),
+        }
+    }
+}
+
+impl LinkError {
+    fn from_io(error: io::Error) -> LinkError {
+        match error.kind() {
+            io::ErrorKind::WouldBlock => LinkError::WouldBlock,
+            io::ErrorKind::TimedOut => LinkError::TimedOut,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => LinkError::Closed,
+            _ => LinkError::Io(error),
+        }
+    }
+}
+
+/// What `poll` reported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// One client's WebSocket and secure channel.
+pub struct Link {
+    ws: WebSocket<TcpStream>,
+    channel: ServerChannel,
+    pub peer: SocketAddr,
+}
+
+impl Link {
+    /// Upgrades `stream` to a WebSocket and runs the channel handshake. Both
+    /// must finish within the handshake deadline.
+    pub fn accept(
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_message_bytes: usize,
+        renewal: RenewalPolicy,
+    ) -> Result<Link, LinkError> {
+        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+        stream.set_nodelay(true).map_err(LinkError::Io)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_DEADLINE))
+            .map_err(LinkError::Io)?;
+        stream
+            .set_write_timeout(Some(HANDSHAKE_DEADLINE))
+            .map_err(LinkError::Io)?;
+        let config = WebSocketConfig {
+            write_buffer_size: WRITE_BUFFER_BYTES,
+            max_message_size: Some(max_message_bytes),
+            max_frame_size: Some(max_message_bytes),
+            ..WebSocketConfig::default()
+        };
+        let mut ws = tungstenite::accept_with_config(stream, Some(config))
+            .map_err(|error| LinkError::violation(1002, format!("upgrade failed: {error}")))?;
+        let first = read_text_before(&mut ws, deadline)?;
+        let (channel, response) = ServerChannel::accept_handshake(&first, renewal, Instant::now())?;
+        ws.send(Message::Text(response))?;
+        Ok(Link { ws, channel, peer })
+    }
+
+    /// Reads one WebSocket message. `Ok(None)` for pings and pongs, which
+    /// tungstenite answers by itself.
+    pub fn read(&mut self) -> Result<Option<Inbound>, LinkError> {
+        match self.ws.read()? {
+            Message::Text(text) => Ok(Some(self.channel.open(&text, Instant::now())?)),
+            Message::Binary(_) => Err(LinkError::violation(1002, "binary frames are not allowed")),
+            Message::Close(_) => Err(LinkError::Closed),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
+        }
+    }
+
+    /// Seals and queues one command; if that reaches the renewal threshold,
+    /// queues the `RENEGOTIATE_REQUEST` too. Call [`Link::flush`] after.
+    /// Returns `Ok(false)` when the socket is full (the frame is buffered).
+    pub fn send(&mut self, plaintext: &str) -> Result<bool, LinkError> {
+        let now = Instant::now();
+        let frame = self.channel.seal(plaintext, now);
+        let mut open = self.write(frame)?;
+        if let Some(request) = self.channel.poll_renewal(now) {
+            open &= self.write(request)?;
+        }
+        Ok(open)
+    }
+
+    /// Queues an already sealed frame (channel control replies).
+    pub fn send_sealed(&mut self, frame: String) -> Result<bool, LinkError> {
+        self.write(frame)
+    }
+
+    fn write(&mut self, frame: String) -> Result<bool, LinkError> {
+        match self.ws.write(Message::Text(frame)) {
+            Ok(()) => Ok(true),
+            Err(error) => match LinkError::from(error) {
+                LinkError::WouldBlock => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Writes everything buffered. `Ok(false)` when the socket is full.
+    pub fn flush(&mut self) -> Result<bool, LinkError> {
+        match self.ws.flush() {
+            Ok(()) => Ok(true),
+            Err(error) => match LinkError::from(error) {
+                LinkError::WouldBlock => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Sends one command and waits until it is written (blocking phase).
+    pub fn send_now(&mut self, plaintext: &str) -> Result<(), LinkError> {
+        self.send(plaintext)?;
+        self.ws.flush()?;
+        Ok(())
+    }
+
+    /// Sends a sealed control frame and waits until it is written.
+    pub fn send_sealed_now(&mut self, frame: String) -> Result<(), LinkError> {
+        self.ws.send(Message::Text(frame))?;
+        Ok(())
+    }
+
+    /// A renewal request when the renewal timer fired.
+    pub fn poll_renewal(&mut self) -> Result<bool, LinkError> {
+        match self.channel.poll_renewal(Instant::now()) {
+            Some(request) => self.write(request),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether output waits for the client to take new keys into use.
+    pub fn output_held(&self) -> bool {
+        self.channel.output_held(Instant::now())
+    }
+
+    /// When the channel next needs attention (renewal timer, end of a hold).
+    pub fn channel_deadline(&self) -> Option<Instant> {
+        self.channel.next_deadline()
+    }
+
+    /// Renewals completed on this link.
+    pub fn renewals_completed(&self) -> u64 {
+        self.channel.renewals_completed()
+    }
+
+    /// Sets the blocking read timeout (authentication phase).
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), LinkError> {
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .map_err(LinkError::Io)
+    }
+
+    /// Switches to the session loop: non-blocking socket, full message size.
+    pub fn enter_session(&mut self, max_message_bytes: usize) -> Result<(), LinkError> {
+        self.ws.set_config(|config| {
+            config.max_message_size = Some(max_message_bytes);
+            config.max_frame_size = Some(max_message_bytes);
+        });
+        self.ws.get_ref().set_nonblocking(true).map_err(LinkError::Io)
+    }
+
+    /// Whether the client is already gone (reset or closed its side): used
+    /// right before a login becomes a session.
+    pub fn peer_gone(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let socket = self.ws.get_ref();
+        if socket.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let gone = match socket.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() != io::ErrorKind::WouldBlock,
+        };
+        gone || socket.set_nonblocking(false).is_err()
+    }
+
+    /// Sleeps until the socket is readable (or writable, if asked), the
+    /// waker fires, or `timeout` passes.
+    pub fn wait(
+        &self,
+        want_write: bool,
+        waker: &Waker,
+        timeout: Option<Duration>,
+    ) -> Result<Readiness, LinkError> {
+        let mut socket_events = libc::POLLIN;
+        if want_write {
+            socket_events |= libc::POLLOUT;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ws.get_ref().as_raw_fd(),
+                events: socket_events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: waker.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout_ms = timeout.map_or(-1, |timeout| {
+            // Round up so a deadline is never polled for early in a busy loop.
+            timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        });
+        // SAFETY: `fds` is a live array of two initialised pollfd structs.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(Readiness::default());
+            }
+            return Err(LinkError::Io(error));
+        }
+        let revents = fds[0].revents;
+        Ok(Readiness {
+            readable: revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
+            writable: revents & (libc::POLLOUT | libc::POLLERR) != 0,
+        })
+    }
+
+    /// Sends a close frame (best effort, bounded in time) and shuts the
+    /// socket down.
+    pub fn close(mut self, code: Option<u16>, reason: &str) {
+        let socket = self.ws.get_ref();
+        let _ = socket.set_nonblocking(false);
+        let _ = socket.set_write_timeout(Some(CLOSE_DEADLINE));
+        if let Some(code) = code {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.chars().take(100).collect::<String>().into(),
+            };
+            let _ = self.ws.close(Some(frame));
+            let _ = self.ws.flush();
+        } else {
+            let _ = self.ws.flush();
+        }
+        let _ = self.ws.get_ref().shutdown(Shutdown::Both);
+    }
+}
+
+/// Reads until the first text message, or fails at `deadline`.
+fn read_text_before(
+    ws: &mut WebSocket<TcpStream>,
+    deadline: Instant,
+) -> Result<String, LinkError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LinkError::TimedOut);
+        }
+        ws.get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(LinkError::Io)?;
+        match ws.read() {
+            Ok(Message::Text(text)) => return Ok(text),
+            Ok(Message::Binary(_)) => {
+                return Err(LinkError::violation(1002, "binary frames are not allowed"))
+            }
+            Ok(Message::Close(_)) => return Err(LinkError::Closed),
+            Ok(_) => continue,
+            Err(error) => match LinkError::from(error) {
+                LinkError::WouldBlock => return Err(LinkError::TimedOut),
+                other => return Err(other),
+            },
+        }
+    }
+}

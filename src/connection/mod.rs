@@ -1,0 +1,81 @@
+//! One client connection, on its own OS thread, from upgrade to close:
+//!
+//! 1. [`link::Link::accept`]: WebSocket upgrade and channel handshake;
+//! 2. [`auth::authenticate`]: register / password login / challenge login,
+//!    blocking on this thread (argon2 and the store run here, never on the
+//!    dispatcher);
+//! 3. [`session::run`]: the logged-in loop, until the client leaves or the
+//!    dispatcher asks it to close.
+//!
+//! ## Why one thread per connection, blocking in `poll`
+//! tungstenite's blocking `WebSocket` cannot be split into a reader and a
+//! writer. Instead of a second writer thread per client (two threads, a write
+//! mutex, ~8,000 clients before this machine's thread limit), the session
+//! loop makes the socket non-blocking and sleeps in `poll(2)` on two
+//! descriptors: the socket and an eventfd [`crate::waker::Waker`] that the
+//! dispatcher signals after pushing into the connection's outbox. So a routed
+//! message is written as soon as it arrives (no timer tick), an idle
+//! connection sleeps without a timeout (only the channel's renewal timer), one
+//! thread serves both directions, and tungstenite's own pongs and close
+//! replies go through the same single writer.
+
+pub mod auth;
+pub mod link;
+pub mod offline;
+pub mod session;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use log::{debug, info};
+
+use crate::config::Config;
+use crate::dispatcher::{ConnId, Envelope};
+use crate::password::PasswordHasher;
+use crate::store::Store;
+
+use self::link::{Link, LinkError};
+use self::offline::OfflineClaims;
+
+/// What every connection thread shares.
+pub struct Services {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub dispatcher: Sender<Envelope>,
+    pub passwords: PasswordHasher,
+    pub offline_claims: OfflineClaims,
+}
+
+/// Serves one client until it is gone. Never panics on client input; every
+/// error ends this connection only.
+pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Services) {
+    debug!("{peer}: connected");
+    let config = &services.config;
+    let mut link = match Link::accept(
+        stream,
+        peer,
+        config.max_auth_message_bytes,
+        config.renewal.clone(),
+    ) {
+        Ok(link) => link,
+        Err(error) => {
+            info!("{peer}: handshake failed: {error}");
+            return;
+        }
+    };
+    match auth::authenticate(&mut link, conn, services) {
+        Ok(Some(login)) => session::run(link, login, conn, services),
+        Ok(None) => link.close(Some(1000), "authentication ended"),
+        Err(error) => end_before_login(link, &error),
+    }
+}
+
+fn end_before_login(link: Link, error: &LinkError) {
+    match error {
+        LinkError::Closed => debug!("{}: left before logging in", link.peer),
+        other => info!("{}: closed before login: {other}", link.peer),
+    }
+    let code = error.close_code();
+    link.close(code, &error.to_string());
+}

@@ -1,0 +1,429 @@
+//! The logged-in loop of one connection: one thread, blocking in `poll` on
+//! the socket and the outbox's waker (see the module docs of
+//! [`crate::connection`] for why).
+//!
+//! Each turn it reads what the socket has (commands go to the dispatcher or
+//! are answered here), moves what the dispatcher queued into a small staging
+//! queue, and writes while the channel does not hold output for a key
+//! renewal and the socket takes it. While output is held, staging goes on
+//! (up to [`STAGE_LIMIT`]), so a held connection keeps draining its outbox
+//! and is never taken for a slow one.
+//!
+//! When the connection ends, every `E2E_MSG` that did not reach the socket
+//! (staged, still in the outbox, or handed back by the dispatcher) goes to
+//! the offline store: nothing accepted is lost.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use log::{info, warn};
+use serde_json::Value;
+
+use super::auth::LoggedIn;
+use super::link::{Link, LinkError};
+use super::offline::OfflineDelivery;
+use super::Services;
+use crate::channel::Inbound;
+use crate::dispatcher::{ConnId, Envelope, SessionCommand};
+use crate::outbox::{CloseRequest, Outbox, Outgoing};
+use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
+use crate::store::StoreError;
+
+/// Frames read per turn before the loop writes and checks the outbox.
+const READ_BUDGET: usize = 64;
+
+/// Frames written per turn before the loop reads again.
+const WRITE_BUDGET: usize = 256;
+
+/// Items staged from the outbox at most (the outbox itself is bounded too).
+pub const STAGE_LIMIT: usize = 4096;
+
+/// Something to send, in order.
+enum Staged {
+    /// From the dispatcher.
+    Item(Outgoing),
+    /// An answer produced on this thread.
+    Reply(String),
+}
+
+/// Why the loop ended.
+enum End {
+    Link(LinkError),
+    Requested(CloseRequest),
+}
+
+struct Session<'a> {
+    link: Link,
+    services: &'a Services,
+    conn: ConnId,
+    user: Arc<str>,
+    outbox: Arc<Outbox>,
+    receiver: Receiver<Outgoing>,
+    staged: VecDeque<Staged>,
+    offline: OfflineDelivery,
+    /// The socket did not take everything: wait for `POLLOUT`.
+    write_blocked: bool,
+    /// Frames were queued in tungstenite since the last flush.
+    unflushed: bool,
+}
+
+/// Runs a logged-in connection until it ends, then cleans up.
+pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
+    let mut session = Session {
+        link,
+        services,
+        conn,
+        user: login.user,
+        outbox: login.outbox,
+        receiver: login.receiver,
+        staged: VecDeque::new(),
+        offline: OfflineDelivery::default(),
+        write_blocked: false,
+        unflushed: false,
+    };
+    let end = session.serve();
+    session.finish(end);
+}
+
+impl Session<'_> {
+    fn serve(&mut self) -> End {
+        if let Err(error) = self.link.enter_session(self.services.config.max_message_bytes) {
+            return End::Link(error);
+        }
+        let mut readable = true;
+        loop {
+            self.outbox.waker().reset();
+            if let Some(request) = self.outbox.close_requested() {
+                return End::Requested(request);
+            }
+            let more_to_read = match readable.then(|| self.read_available()) {
+                Some(Ok(more)) => more,
+                Some(Err(error)) => return End::Link(error),
+                None => false,
+            };
+            let more_to_write = match self.write_pending() {
+                Ok(more) => more,
+                Err(error) => return End::Link(error),
+            };
+            let timeout = if more_to_read || more_to_write {
+                Some(Duration::ZERO)
+            } else {
+                self.link
+                    .channel_deadline()
+                    .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            };
+            match self
+                .link
+                .wait(self.write_blocked, self.outbox.waker(), timeout)
+            {
+                Ok(ready) => {
+                    readable = ready.readable || more_to_read;
+                    if ready.writable {
+                        self.write_blocked = false;
+                    }
+                }
+                Err(error) => return End::Link(error),
+            }
+        }
+    }
+
+    /// Reads and handles frames until the socket has no more (false) or the
+    /// read budget is spent (true).
+    fn read_available(&mut self) -> Result<bool, LinkError> {
+        for _ in 0..READ_BUDGET {
+            match self.link.read() {
+                Ok(Some(Inbound::Command(object))) => self.command(&object)?,
+                Ok(Some(Inbound::Control(Some(reply)))) => {
+                    self.unflushed = true;
+                    if !self.link.send_sealed(reply)? {
+                        self.write_blocked = true;
+                    }
+                }
+                Ok(Some(Inbound::Control(None)) | None) => {}
+                Err(LinkError::WouldBlock) => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(true)
+    }
+
+    fn command(&mut self, object: &protocol::Object) -> Result<(), LinkError> {
+        let command = match protocol::parse_command(object) {
+            Ok(Command::Chat(command)) => command,
+            Ok(Command::Auth(_)) => return self.reply_error(messages::ALREADY_LOGGED_IN),
+            Ok(Command::Unknown(_)) => return self.reply_error(messages::UNKNOWN_COMMAND),
+            Err(error) => return self.reply_error(&error.to_string()),
+        };
+        let for_dispatcher = match command {
+            ChatCommand::Relay { kind, to, payload } => SessionCommand::Relay { kind, to, payload },
+            ChatCommand::Typing { to, is_typing } => SessionCommand::Typing { to, is_typing },
+            ChatCommand::RequestUserList => SessionCommand::RequestUserList,
+            ChatCommand::RequestOfflineMessages => {
+                self.dispatch(SessionCommand::Ready)?;
+                return self.start_offline_delivery();
+            }
+            ChatCommand::GetPublicKey { target_username } => {
+                self.dispatch(SessionCommand::Ready)?;
+                return self.reply_public_key(&target_username);
+            }
+        };
+        self.dispatch(for_dispatcher)
+    }
+
+    fn dispatch(&mut self, command: SessionCommand) -> Result<(), LinkError> {
+        let envelope = Envelope::Command {
+            conn: self.conn,
+            command,
+        };
+        self.services
+            .dispatcher
+            .send(envelope)
+            .map_err(|_| LinkError::Closed)
+    }
+
+    fn reply_error(&mut self, message: &str) -> Result<(), LinkError> {
+        self.staged
+            .push_back(Staged::Reply(protocol::error(message)));
+        Ok(())
+    }
+
+    fn reply_public_key(&mut self, target: &str) -> Result<(), LinkError> {
+        let reply = match self.services.store.find_user(target) {
+            Ok(Some(record)) => protocol::public_key_response(&record.username, &record.public_key),
+            Ok(None) => protocol::error(messages::USER_NOT_FOUND),
+            Err(error) => {
+                warn!("{} {}: store error: {error}", self.link.peer, self.user);
+                protocol::error(messages::STORE_UNAVAILABLE)
+            }
+        };
+        self.staged.push_back(Staged::Reply(reply));
+        Ok(())
+    }
+
+    fn start_offline_delivery(&mut self) -> Result<(), LinkError> {
+        if !self
+            .offline
+            .start(&self.user, &self.services.offline_claims)
+        {
+            info!(
+                "{} {}: mailbox busy with another session of this user",
+                self.link.peer, self.user
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves outbox items into the staging queue (handling offline-store
+    /// requests on the way), then writes what may be written. Returns true
+    /// when the write budget ran out with more to write.
+    fn write_pending(&mut self) -> Result<bool, LinkError> {
+        self.stage_from_outbox();
+        if self.write_blocked || self.link.output_held() {
+            return self.flush();
+        }
+        let mut budget = WRITE_BUDGET;
+        if let Some(list) = self.outbox.take_user_list() {
+            self.send(&list)?;
+            budget -= 1;
+        }
+        while budget > 0 && !self.write_blocked {
+            let Some(text) = self.next_text() else { break };
+            self.send(&text)?;
+            budget -= 1;
+        }
+        self.flush()?;
+        Ok(budget == 0)
+    }
+
+    /// The next frame's plaintext: offline messages first while a delivery
+    /// runs, then the staged queue in order.
+    fn next_text(&mut self) -> Option<String> {
+        let services = self.services;
+        if let Some(frame) =
+            self.offline
+                .next_frame(&self.user, services.store.as_ref(), &services.offline_claims)
+        {
+            return Some(frame.text);
+        }
+        if self.offline.is_active() {
+            // The previous batch must be flushed and deleted first.
+            self.flush().ok()?;
+            if let Some(frame) = self.offline.next_frame(
+                &self.user,
+                services.store.as_ref(),
+                &services.offline_claims,
+            ) {
+                return Some(frame.text);
+            }
+        }
+        match self.staged.pop_front()? {
+            Staged::Reply(text) => Some(text),
+            Staged::Item(item) => Some(item_text(&item)),
+        }
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), LinkError> {
+        self.unflushed = true;
+        if !self.link.send(text)? {
+            self.write_blocked = true;
+        }
+        Ok(())
+    }
+
+    /// Flushes queued frames; once they are out, delivered offline messages
+    /// are deleted. Returns false (and marks the socket blocked) if the
+    /// socket is full.
+    fn flush(&mut self) -> Result<bool, LinkError> {
+        if !self.unflushed {
+            return Ok(false);
+        }
+        if self.link.flush()? {
+            self.unflushed = false;
+            self.write_blocked = false;
+            self.offline.flushed(&self.user, self.services.store.as_ref());
+        } else {
+            self.write_blocked = true;
+        }
+        Ok(false)
+    }
+
+    fn stage_from_outbox(&mut self) {
+        while self.staged.len() < STAGE_LIMIT {
+            let Some(item) = self.outbox.next(&self.receiver) else {
+                break;
+            };
+            match item {
+                Outgoing::StoreOffline { to, payload } => self.store_for_recipient(&to, &payload),
+                item => self.staged.push_back(Staged::Item(item)),
+            }
+        }
+    }
+
+    /// Stores a message this user sent to an offline recipient; a failure
+    /// is reported to the sender, never silent.
+    fn store_for_recipient(&mut self, recipient: &str, payload: &Value) {
+        let text = payload.to_string();
+        let error = match self.services.store.store_offline(&self.user, recipient, &text) {
+            Ok(_) => return,
+            Err(StoreError::PayloadTooLarge) => messages::PAYLOAD_TOO_LARGE,
+            Err(error) => {
+                warn!(
+                    "{} {}: offline message for {recipient} not stored: {error}",
+                    self.link.peer, self.user
+                );
+                messages::STORE_UNAVAILABLE
+            }
+        };
+        self.staged
+            .push_back(Staged::Reply(protocol::error(error)));
+    }
+
+    /// Leaves the dispatcher, saves every undelivered message, closes.
+    fn finish(mut self, end: End) {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        let closed = Envelope::Closed {
+            conn: self.conn,
+            done,
+        };
+        if self.services.dispatcher.send(closed).is_ok() {
+            // The dispatcher answers at once; after that it never pushes to
+            // this outbox again, so what is left in it is final.
+            let _ = wait.recv();
+        }
+        self.offline
+            .finish(&self.user, &self.services.offline_claims);
+        let notices = self.save_undelivered();
+        let (code, reason) = close_reason(&end);
+        log_end(&self.link, &self.user, &end);
+        if let End::Requested(CloseRequest::Replaced) = end {
+            for notice in notices {
+                let _ = self.link.send(&notice);
+            }
+        }
+        self.link.close(code, &reason);
+    }
+
+    /// Stores every message that did not reach the socket; returns the
+    /// `ERROR` notices that were waiting (to send before a close).
+    fn save_undelivered(&mut self) -> Vec<String> {
+        let mut items: Vec<Outgoing> = self
+            .staged
+            .drain(..)
+            .filter_map(|staged| match staged {
+                Staged::Item(item) => Some(item),
+                Staged::Reply(_) => None,
+            })
+            .collect();
+        items.extend(std::iter::from_fn(|| self.outbox.next(&self.receiver)));
+        let mut notices = Vec::new();
+        let mut saved = 0;
+        for item in items {
+            let stored = match item {
+                Outgoing::Relay {
+                    kind: RelayKind::Message,
+                    from,
+                    payload,
+                } => self.services.store.store_offline(&from, &self.user, &payload.to_string()),
+                Outgoing::StoreOffline { to, payload } => {
+                    self.services.store.store_offline(&self.user, &to, &payload.to_string())
+                }
+                Outgoing::Error(message) => {
+                    notices.push(protocol::error(message));
+                    continue;
+                }
+                Outgoing::Relay { .. } | Outgoing::Typing { .. } => continue,
+            };
+            match stored {
+                Ok(_) => saved += 1,
+                Err(error) => warn!(
+                    "{} {}: undelivered message lost, store failed: {error}",
+                    self.link.peer, self.user
+                ),
+            }
+        }
+        if saved > 0 {
+            info!(
+                "{} {}: {saved} undelivered messages moved to the offline store",
+                self.link.peer, self.user
+            );
+        }
+        notices
+    }
+}
+
+fn item_text(item: &Outgoing) -> String {
+    match item {
+        Outgoing::Relay {
+            kind,
+            from,
+            payload,
+        } => protocol::relay(*kind, from, payload),
+        Outgoing::Typing { from, is_typing } => protocol::typing_status(from, *is_typing),
+        Outgoing::Error(message) => protocol::error(message),
+        Outgoing::StoreOffline { .. } => String::new(),
+    }
+}
+
+fn close_reason(end: &End) -> (Option<u16>, String) {
+    match end {
+        End::Link(error) => (error.close_code(), error.to_string()),
+        End::Requested(CloseRequest::Replaced) => {
+            (Some(1000), messages::LOGGED_IN_ELSEWHERE.to_owned())
+        }
+        End::Requested(CloseRequest::TooSlow) => (Some(1008), "too slow".to_owned()),
+        End::Requested(CloseRequest::Shutdown) => (Some(1001), "server shutting down".to_owned()),
+    }
+}
+
+fn log_end(link: &Link, user: &str, end: &End) {
+    let renewals = link.renewals_completed();
+    match end {
+        End::Link(LinkError::Closed) => {
+            info!("{} {user}: logged out ({renewals} key renewals)", link.peer)
+        }
+        End::Link(error) => info!("{} {user}: disconnected: {error}", link.peer),
+        End::Requested(request) => info!("{} {user}: closed by server: {request:?}", link.peer),
+    }
+}

@@ -1,0 +1,218 @@
+//! The mailbox from the dispatcher to one connection's thread.
+//!
+//! An [`Outbox`] is a bounded crossbeam queue of [`Outgoing`] items, a slot
+//! that holds at most one unsent user list (a newer list replaces an older
+//! one: clients only use the latest), a close request, and the [`Waker`] that
+//! rouses the connection thread from `poll`. The dispatcher only ever uses the
+//! non-blocking operations here, so a slow recipient can never stall it.
+
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use serde_json::Value;
+
+use crate::protocol::RelayKind;
+use crate::waker::Waker;
+
+/// One item the dispatcher hands to a connection thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A relayed `E2E_*` command, `from` its sender.
+    Relay {
+        kind: RelayKind,
+        from: Arc<str>,
+        payload: Value,
+    },
+    /// A typing notice from `from`.
+    Typing { from: Arc<str>, is_typing: bool },
+    /// An `ERROR` frame for this connection's user.
+    Error(&'static str),
+    /// This connection's user sent an `E2E_MSG` to `to`, who is offline: the
+    /// connection thread stores it (the dispatcher never touches the store).
+    StoreOffline { to: Arc<str>, payload: Value },
+}
+
+impl Outgoing {
+    /// Whether losing this item would lose a user's message.
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self,
+            Outgoing::Relay {
+                kind: RelayKind::Message,
+                ..
+            } | Outgoing::StoreOffline { .. }
+        )
+    }
+}
+
+/// Why the dispatcher wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseRequest {
+    /// The same user logged in on another connection.
+    Replaced = 1,
+    /// The outbox overflowed: the peer does not read fast enough.
+    TooSlow = 2,
+    /// The server is shutting down.
+    Shutdown = 3,
+}
+
+/// The dispatcher's side of a connection's mailbox (shared with the
+/// connection thread through an `Arc`).
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Sender<Outgoing>,
+    /// A clone of the receiving end, so the dispatcher can take back what a
+    /// replaced session never read.
+    reclaim: Receiver<Outgoing>,
+    /// Items accepted after the queue was full, only once a close was
+    /// requested: bounded by what arrives before the dispatcher forgets it.
+    overflow: Mutex<Vec<Outgoing>>,
+    user_list: Mutex<Option<Arc<str>>>,
+    close: AtomicU8,
+    waker: Waker,
+}
+
+impl Outbox {
+    /// A mailbox holding at most `capacity` queued items, and the receiving
+    /// end for the connection thread.
+    pub fn new(capacity: usize) -> io::Result<(Arc<Outbox>, Receiver<Outgoing>)> {
+        let (queue, receiver) = crossbeam_channel::bounded(capacity);
+        let outbox = Outbox {
+            queue,
+            reclaim: receiver.clone(),
+            overflow: Mutex::new(Vec::new()),
+            user_list: Mutex::new(None),
+            close: AtomicU8::new(0),
+            waker: Waker::new()?,
+        };
+        Ok((Arc::new(outbox), receiver))
+    }
+
+    /// Queues an item and wakes the connection; gives it back when full.
+    pub fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        match self.queue.try_send(item) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(item) | TrySendError::Disconnected(item)) => Err(item),
+        }
+    }
+
+    /// Queues an item even when the queue is full (into the overflow list).
+    /// Only for the last items before a close: the caller must stop sending
+    /// to this outbox afterwards.
+    pub fn push_final(&self, item: Outgoing) {
+        if let Err(item) = self.push(item) {
+            lock(&self.overflow).push(item);
+            self.waker.wake();
+        }
+    }
+
+    /// Replaces the unsent user list, if any, with `list`.
+    pub fn set_user_list(&self, list: Arc<str>) {
+        *lock(&self.user_list) = Some(list);
+        self.waker.wake();
+    }
+
+    /// Asks the connection thread to close. The first request wins.
+    pub fn request_close(&self, reason: CloseRequest) {
+        let _ = self
+            .close
+            .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Takes back every queued item the connection thread has not read yet.
+    pub fn reclaim(&self) -> Vec<Outgoing> {
+        let mut items: Vec<Outgoing> = self.reclaim.try_iter().collect();
+        items.append(&mut lock(&self.overflow));
+        items
+    }
+
+    // --- the connection thread's side ---
+
+    /// The pending close request, if any.
+    pub fn close_requested(&self) -> Option<CloseRequest> {
+        match self.close.load(Ordering::SeqCst) {
+            1 => Some(CloseRequest::Replaced),
+            2 => Some(CloseRequest::TooSlow),
+            3 => Some(CloseRequest::Shutdown),
+            _ => None,
+        }
+    }
+
+    /// Takes the unsent user list.
+    pub fn take_user_list(&self) -> Option<Arc<str>> {
+        lock(&self.user_list).take()
+    }
+
+    /// Takes the next queued item; overflow items come after the queue.
+    pub fn next(&self, receiver: &Receiver<Outgoing>) -> Option<Outgoing> {
+        match receiver.try_recv() {
+            Ok(item) => Some(item),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                let mut overflow = lock(&self.overflow);
+                (!overflow.is_empty()).then(|| overflow.remove(0))
+            }
+        }
+    }
+
+    /// The wake-up signal the connection thread polls on.
+    pub fn waker(&self) -> &Waker {
+        &self.waker
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the
+/// values guarded here stay consistent whatever panicked).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: i64) -> Outgoing {
+        Outgoing::Relay {
+            kind: RelayKind::Message,
+            from: Arc::from("ana"),
+            payload: Value::from(n),
+        }
+    }
+
+    #[test]
+    fn full_queue_gives_the_item_back() {
+        let (outbox, receiver) = Outbox::new(2).unwrap();
+        assert!(outbox.push(message(1)).is_ok());
+        assert!(outbox.push(message(2)).is_ok());
+        assert_eq!(outbox.push(message(3)), Err(message(3)));
+        outbox.push_final(message(3));
+        let drained: Vec<_> = std::iter::from_fn(|| outbox.next(&receiver)).collect();
+        assert_eq!(drained, vec![message(1), message(2), message(3)]);
+    }
+
+    #[test]
+    fn user_list_slot_keeps_only_the_newest() {
+        let (outbox, _receiver) = Outbox::new(1).unwrap();
+        outbox.set_user_list(Arc::from("old"));
+        outbox.set_user_list(Arc::from("new"));
+        assert_eq!(outbox.take_user_list().as_deref(), Some("new"));
+        assert_eq!(outbox.take_user_list(), None);
+    }
+
+    #[test]
+    fn first_close_request_wins_and_reclaim_empties() {
+        let (outbox, receiver) = Outbox::new(4).unwrap();
+        outbox.push(message(1)).unwrap();
+        outbox.request_close(CloseRequest::Replaced);
+        outbox.request_close(CloseRequest::TooSlow);
+        assert_eq!(outbox.close_requested(), Some(CloseRequest::Replaced));
+        assert_eq!(outbox.reclaim(), vec![message(1)]);
+        assert_eq!(outbox.next(&receiver), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! Presence: the directory of registered users, who of them is online, the
+//! serialised `user_list_update` (built once per change, shared by every
+//! recipient), and the coalescing window that turns a burst of logins and
+//! logouts into one broadcast (PROTOCOL.md section 5). Owned by the
+//! dispatcher thread; no locks, no I/O.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol;
+
+/// The longest a presence change may wait for its broadcast.
+const MAX_WINDOW: Duration = Duration::from_secs(10);
+
+/// The key that makes names case-insensitive: a Unicode lower-case fold.
+pub fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// Registered users, online marks and the broadcast schedule.
+#[derive(Debug)]
+pub struct Presence {
+    /// fold -> stored spelling, in case-insensitive order.
+    directory: BTreeMap<String, Arc<str>>,
+    online: HashSet<String>,
+    /// The serialised list for the current state, built on demand.
+    cached: Option<Arc<str>>,
+    broadcast_due: Option<Instant>,
+    base_window: Duration,
+    budget_bytes_per_sec: u64,
+}
+
+impl Presence {
+    /// A directory of `names`, nobody online.
+    pub fn new(
+        names: impl IntoIterator<Item = String>,
+        base_window: Duration,
+        budget_bytes_per_sec: u64,
+    ) -> Presence {
+        let directory = names
+            .into_iter()
+            .map(|name| (fold(&name), Arc::from(name)))
+            .collect();
+        Presence {
+            directory,
+            online: HashSet::new(),
+            cached: None,
+            broadcast_due: None,
+            base_window,
+            budget_bytes_per_sec: budget_bytes_per_sec.max(1),
+        }
+    }
+
+    /// The stored spelling of a registered name, matched case-insensitively.
+    pub fn registered(&self, name: &str) -> Option<&Arc<str>> {
+        self.directory.get(&fold(name))
+    }
+
+    /// Adds a user; returns the stored spelling to use from now on.
+    pub fn register(&mut self, name: &str, now: Instant) -> Arc<str> {
+        let key = fold(name);
+        if let Some(existing) = self.directory.get(&key) {
+            return existing.clone();
+        }
+        let stored: Arc<str> = Arc::from(name);
+        self.directory.insert(key, stored.clone());
+        self.changed(now);
+        stored
+    }
+
+    /// Marks a (registered) user online or offline.
+    pub fn set_online(&mut self, name: &str, online: bool, now: Instant) {
+        let key = fold(name);
+        if !self.directory.contains_key(&key) {
+            self.directory.insert(key.clone(), Arc::from(name));
+        }
+        let changed = if online {
+            self.online.insert(key)
+        } else {
+            self.online.remove(&key)
+        };
+        if changed {
+            self.changed(now);
+        }
+    }
+
+    /// The current list, serialised once per change.
+    pub fn snapshot(&mut self) -> Arc<str> {
+        if let Some(list) = &self.cached {
+            return list.clone();
+        }
+        let list: Arc<str> = Arc::from(protocol::user_list_update(
+            self.directory
+                .iter()
+                .map(|(key, name)| (&**name, self.online.contains(key))),
+        ));
+        self.cached = Some(list.clone());
+        list
+    }
+
+    /// When the pending broadcast is due, if one is pending.
+    pub fn broadcast_due(&self) -> Option<Instant> {
+        self.broadcast_due
+    }
+
+    /// Takes the pending broadcast if it is due at `now`.
+    pub fn take_due_broadcast(&mut self, now: Instant) -> Option<Arc<str>> {
+        match self.broadcast_due {
+            Some(due) if due <= now => {
+                self.broadcast_due = None;
+                Some(self.snapshot())
+            }
+            _ => None,
+        }
+    }
+
+    /// Number of users online.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    fn changed(&mut self, now: Instant) {
+        self.cached = None;
+        if self.broadcast_due.is_none() {
+            self.broadcast_due = Some(now + self.window());
+        }
+    }
+
+    /// The coalescing window: the base window, stretched so that one
+    /// broadcast per window (list size x online users) stays within budget.
+    fn window(&self) -> Duration {
+        let list_bytes = 45 * self.directory.len() as u64 + 48;
+        let broadcast_bytes = list_bytes.saturating_mul(self.online.len() as u64);
+        let budget_window =
+            Duration::from_secs_f64(broadcast_bytes as f64 / self.budget_bytes_per_sec as f64);
+        budget_window.clamp(self.base_window, MAX_WINDOW.max(self.base_window))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn presence(names: &[&str]) -> Presence {
+        Presence::new(
+            names.iter().map(|name| name.to_string()),
+            Duration::from_millis(100),
+            100_000_000,
+        )
+    }
+
+    fn users(list: &str) -> Value {
+        serde_json::from_str::<Value>(list).unwrap()["users"].clone()
+    }
+
+    #[test]
+    fn list_is_sorted_case_insensitively_with_online_marks() {
+        let mut presence = presence(&["bob", "Alice", "carol"]);
+        let now = Instant::now();
+        presence.set_online("ALICE", true, now);
+        assert_eq!(
+            users(&presence.snapshot()),
+            json!([
+                {"username": "Alice", "isOnline": true},
+                {"username": "bob", "isOnline": false},
+                {"username": "carol", "isOnline": false},
+            ])
+        );
+    }
+
+    #[test]
+    fn burst_of_changes_is_one_broadcast_after_the_window() {
+        let mut presence = presence(&["a", "b", "c"]);
+        let start = Instant::now();
+        presence.set_online("a", true, start);
+        presence.set_online("b", true, start + Duration::from_millis(10));
+        presence.set_online("a", false, start + Duration::from_millis(20));
+        assert_eq!(
+            presence.broadcast_due(),
+            Some(start + Duration::from_millis(100))
+        );
+        assert!(presence
+            .take_due_broadcast(start + Duration::from_millis(50))
+            .is_none());
+        let list = presence
+            .take_due_broadcast(start + Duration::from_millis(100))
+            .expect("due");
+        assert_eq!(users(&list)[1], json!({"username": "b", "isOnline": true}));
+        assert_eq!(presence.broadcast_due(), None);
+    }
+
+    #[test]
+    fn snapshot_is_shared_until_something_changes() {
+        let mut presence = presence(&["a"]);
+        let first = presence.snapshot();
+        assert!(Arc::ptr_eq(&first, &presence.snapshot()));
+        presence.register("Zed", Instant::now());
+        assert!(!Arc::ptr_eq(&first, &presence.snapshot()));
+        assert_eq!(&**presence.registered("zed").unwrap(), "Zed");
+    }
+
+    #[test]
+    fn window_grows_with_online_users_within_the_cap() {
+        let names: Vec<String> = (0..2000).map(|n| format!("user{n}")).collect();
+        let mut presence = Presence::new(names.clone(), Duration::from_millis(100), 1_000_000);
+        let now = Instant::now();
+        for name in &names {
+            presence.set_online(name, true, now);
+        }
+        let window = presence.window();
+        assert!(window > Duration::from_millis(100), "{window:?}");
+        assert!(window <= MAX_WINDOW);
+    }
+}
