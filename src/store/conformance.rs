@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Store, StoreError, DELETE_CHUNK};
+use super::{NewOffline, Store, StoreError, DELETE_CHUNK};
 
 /// Runs every check. The store must start with no users and no offline rows.
 pub(crate) fn run(store: &dyn Store) {
@@ -14,6 +14,7 @@ pub(crate) fn run(store: &dyn Store) {
     duplicate_race(store);
     offline_queue(store);
     offline_delete_many(store);
+    offline_batch(store);
     offline_concurrent_writers(store);
 }
 
@@ -166,10 +167,21 @@ fn offline_queue(store: &dyn Store) {
 /// Deleting more ids than one statement takes, in several chunks.
 fn offline_delete_many(store: &dyn Store) {
     let n = DELETE_CHUNK * 2 + 37;
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(store.store_offline("bob", "Many", &format!("{i}")).unwrap());
-    }
+    let texts: Vec<String> = (0..n).map(|i| format!("{i}")).collect();
+    let msgs: Vec<NewOffline<'_>> = texts
+        .iter()
+        .map(|t| NewOffline {
+            sender: "bob",
+            recipient: "Many",
+            payload: t,
+        })
+        .collect();
+    let ids: Vec<i64> = store
+        .store_offline_batch(&msgs)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let keep = store.store_offline("bob", "Many", "keep").unwrap();
     assert_eq!(store.count_offline("many").unwrap(), n as u64 + 1);
     let fetched = store.fetch_offline("MANY", 0, n).unwrap();
@@ -213,4 +225,50 @@ fn offline_concurrent_writers(store: &dyn Store) {
     let ids: Vec<i64> = all.iter().map(|m| m.id).collect();
     store.delete_offline(&ids).unwrap();
     assert_eq!(store.count_offline("Busy").unwrap(), 0);
+}
+
+/// A batch keeps its order, returns one id per stored message, refuses
+/// only the payloads that do not fit, and an empty batch is a no-op.
+fn offline_batch(store: &dyn Store) {
+    assert!(store.store_offline_batch(&[]).unwrap().is_empty());
+    // Larger than any backend's limit (16 MiB - 1 at most).
+    let too_big = "x".repeat(16 * 1024 * 1024);
+    let texts = ["{\"n\":0}", "{\"n\":1}", too_big.as_str(), "{\"n\":3}"];
+    let msgs: Vec<NewOffline<'_>> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| NewOffline {
+            sender: if i % 2 == 0 { "bob" } else { "Alice" },
+            recipient: if i == 3 { "BATCH" } else { "Batch" },
+            payload,
+        })
+        .collect();
+    let results = store.store_offline_batch(&msgs).unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(matches!(results[2], Err(StoreError::PayloadTooLarge)));
+    let ids: Vec<i64> = [0, 1, 3]
+        .iter()
+        .map(|&i| match &results[i] {
+            Ok(id) => *id,
+            Err(e) => panic!("message {i}: {e}"),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let got = store.fetch_offline("batch", 0, 10).unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        got.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(),
+        vec![texts[0], texts[1], texts[3]]
+    );
+    assert_eq!(got[1].sender, "Alice");
+    // A batch of nothing but oversized payloads stores nothing.
+    let only_big = [NewOffline {
+        sender: "bob",
+        recipient: "Batch",
+        payload: &too_big,
+    }];
+    let r = store.store_offline_batch(&only_big).unwrap();
+    assert!(matches!(r.as_slice(), [Err(StoreError::PayloadTooLarge)]));
+    store.delete_offline(&ids).unwrap();
+    assert_eq!(store.count_offline("Batch").unwrap(), 0);
 }

@@ -44,6 +44,15 @@ pub struct OfflineMessage {
     pub payload: String,
 }
 
+/// One message for [`Store::store_offline_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOffline<'a> {
+    pub sender: &'a str,
+    pub recipient: &'a str,
+    /// JSON text.
+    pub payload: &'a str,
+}
+
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
     /// A user with this name (compared case-insensitively) already exists.
@@ -99,6 +108,29 @@ pub trait Store: Send + Sync {
         recipient: &str,
         payload: &str,
     ) -> Result<i64, StoreError>;
+
+    /// Queues many messages with a single commit (one disk flush instead of
+    /// one per message), in order; committed on return. `Err` means nothing
+    /// was stored. Otherwise there is one result per message: its row id, or
+    /// [`StoreError::PayloadTooLarge`] for a payload that does not fit (the
+    /// others are still stored).
+    ///
+    /// The default implementation calls [`Store::store_offline`] for each
+    /// message and is not atomic; both real backends override it.
+    fn store_offline_batch(
+        &self,
+        msgs: &[NewOffline<'_>],
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            match self.store_offline(m.sender, m.recipient, m.payload) {
+                Err(StoreError::PayloadTooLarge) => out.push(Err(StoreError::PayloadTooLarge)),
+                Err(e) => return Err(e),
+                Ok(id) => out.push(Ok(id)),
+            }
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` messages for `recipient` (case-insensitive) with
     /// `id > after_id`, oldest first.

@@ -15,9 +15,13 @@ use std::fmt;
 use std::time::Duration;
 
 use ::mysql::prelude::Queryable;
-use ::mysql::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, Value};
+use ::mysql::{
+    Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, TxOpts, Value,
+};
 
-use super::{delete_chunks, placeholders, OfflineMessage, Store, StoreError, UserRecord};
+use super::{
+    delete_chunks, placeholders, NewOffline, OfflineMessage, Store, StoreError, UserRecord,
+};
 
 /// The schema applied at connect.
 pub const SCHEMA: &str = include_str!("../../sql/mysql.sql");
@@ -523,6 +527,45 @@ impl Store for MysqlStore {
             .map_err(|_| StoreError::Backend("offline id out of range".into()))
     }
 
+    fn store_offline_batch(
+        &self,
+        msgs: &[NewOffline<'_>],
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        for m in msgs {
+            check_name("sender", m.sender)?;
+            check_name("recipient", m.recipient)?;
+        }
+        let mut out: Vec<Result<i64, StoreError>> = Vec::with_capacity(msgs.len());
+        if msgs.iter().all(|m| !self.limit.allows(m.payload)) {
+            out.extend(msgs.iter().map(|_| Err(StoreError::PayloadTooLarge)));
+            return Ok(out);
+        }
+        let mut conn = self.conn()?;
+        let mut tx = conn.start_transaction(TxOpts::default()).map_err(map_err)?;
+        for m in msgs {
+            if !self.limit.allows(m.payload) {
+                out.push(Err(StoreError::PayloadTooLarge));
+                continue;
+            }
+            // One row per statement: LAST_INSERT_ID of a multi-row INSERT
+            // names only the first row, and later ids are not guaranteed
+            // consecutive (innodb_autoinc_lock_mode=2).
+            tx.exec_drop(
+                "INSERT INTO mensagens_offline \
+                 (remetente_username, destinatario_username, conteudo) VALUES (?, ?, ?)",
+                (m.sender, m.recipient, m.payload),
+            )
+            .map_err(map_err)?;
+            let id = tx
+                .last_insert_id()
+                .and_then(|id| i64::try_from(id).ok())
+                .ok_or_else(|| StoreError::Backend("no id for the offline row".into()))?;
+            out.push(Ok(id));
+        }
+        tx.commit().map_err(map_err)?;
+        Ok(out)
+    }
+
     fn fetch_offline(
         &self,
         recipient: &str,
@@ -758,5 +801,68 @@ mod tests {
             store.store_offline("a", "b", &too_big),
             Err(StoreError::PayloadTooLarge)
         ));
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::store::testdb::mysql_test_db;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib mysql_offline_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn mysql_offline_throughput() {
+        let Some(db) = mysql_test_db() else { return };
+        let store = MysqlStore::connect(&db.settings, 8).unwrap();
+        let payload = format!(
+            "{{\"iv\":\"{}\",\"ct\":\"{}\"}}",
+            "a".repeat(24),
+            "b".repeat(300)
+        );
+        for threads in [1usize, 4, 8] {
+            let per = 2000;
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let store = &store;
+                    let payload = &payload;
+                    s.spawn(move || {
+                        for _ in 0..per {
+                            store
+                                .store_offline(&format!("s{t}"), "Target", payload)
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "{threads} threads: {:.0} store_offline/s",
+                (threads * per) as f64 / secs
+            );
+        }
+        for batch in [16usize, 64, 256] {
+            let total = 20_000;
+            let names: Vec<String> = (0..batch).map(|i| format!("s{i}")).collect();
+            let msgs: Vec<NewOffline<'_>> = names
+                .iter()
+                .map(|n| NewOffline {
+                    sender: n,
+                    recipient: "Target",
+                    payload: &payload,
+                })
+                .collect();
+            let start = Instant::now();
+            for _ in 0..total / batch {
+                store.store_offline_batch(&msgs).unwrap();
+            }
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "1 thread, batches of {batch}: {:.0} msgs/s",
+                (total / batch * batch) as f64 / secs
+            );
+        }
     }
 }

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
 
-use super::{delete_chunks, name_key, placeholders, OfflineMessage, Store, StoreError, UserRecord};
+use super::{
+    delete_chunks, name_key, placeholders, NewOffline, OfflineMessage, Store, StoreError,
+    UserRecord,
+};
 
 /// The schema applied at open.
 pub const SCHEMA: &str = include_str!("../../sql/sqlite.sql");
@@ -212,6 +215,41 @@ impl Store for SqliteStore {
             .map_err(map_err)?;
         stmt.insert(params![sender, recipient, key, payload])
             .map_err(map_err)
+    }
+
+    fn store_offline_batch(
+        &self,
+        msgs: &[NewOffline<'_>],
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(map_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO mensagens_offline \
+                     (remetente_username, destinatario_username, recipient_key, conteudo) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(map_err)?;
+            for m in msgs {
+                if m.payload.len() > MAX_PAYLOAD_BYTES {
+                    out.push(Err(StoreError::PayloadTooLarge));
+                    continue;
+                }
+                let id = stmt
+                    .insert(params![
+                        m.sender,
+                        m.recipient,
+                        name_key(m.recipient),
+                        m.payload
+                    ])
+                    .map_err(map_err)?;
+                out.push(Ok(id));
+            }
+        }
+        tx.commit().map_err(map_err)?;
+        Ok(out)
     }
 
     fn fetch_offline(
