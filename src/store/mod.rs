@@ -53,6 +53,7 @@ pub struct NewOffline<'a> {
     pub payload: &'a str,
 }
 
+/// Errors of every store operation.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
     /// A user with this name (compared case-insensitively) already exists.

@@ -414,4 +414,29 @@ mod tests {
             Err(StoreError::UsernameTaken)
         ));
     }
+
+    /// `cargo test --release --lib sqlite_offline_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn sqlite_offline_throughput() {
+        let tmp = TempFile::new("bench");
+        let store = SqliteStore::open(&tmp.0.join("bench.db")).unwrap();
+        let payload = format!(
+            "{{\"iv\":\"{}\",\"ct\":\"{}\"}}",
+            "a".repeat(24),
+            "b".repeat(300)
+        );
+        let n = 20_000;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            store
+                .store_offline(&format!("s{}", i % 8), "Target", &payload)
+                .unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "sqlite file, 1 thread: {:.0} store_offline/s",
+            n as f64 / secs
+        );
+    }
 }
