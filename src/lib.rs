@@ -1,1 +1,3 @@
 //! chat_server: a blind relay for end-to-end encrypted chat.
+
+pub mod crypto;
