@@ -76,4 +76,6 @@ impl ChannelError {
 }
 
 #[cfg(test)]
+mod renewal_tests;
+#[cfg(test)]
 mod tests;
