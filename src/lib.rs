@@ -1,1 +1,4 @@
 //! chat_server: a blind relay for end-to-end encrypted chat.
+
+pub mod client;
+pub mod crypto;
