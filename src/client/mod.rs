@@ -13,6 +13,9 @@ pub mod e2ee;
 pub mod error;
 pub mod identity;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -518,6 +521,54 @@ impl Client {
         Ok(first)
     }
 
+    /// Reads and processes whatever arrives within `window` (answering peer
+    /// signalling and renewals); the events stay queued for `next_event` and
+    /// the `wait_*` helpers. Returns how many events were queued. A
+    /// synchronous client only answers its peers while it reads: when two
+    /// clients run on one thread, poll the one that is not waiting.
+    pub fn poll(&mut self, window: Duration) -> Result<usize> {
+        let deadline = Instant::now() + window;
+        let mut n = 0;
+        while Instant::now() < deadline {
+            let events = self.read_events(deadline)?;
+            n += events.len();
+            self.backlog.extend(events);
+        }
+        Ok(n)
+    }
+
+    /// Makes sure `a` and `b` (both logged in, on one thread) share a ready
+    /// peer session: starts a handshake from `a` unless one is ready or under
+    /// way, then polls both in turn until both sides are ready.
+    pub fn pair_e2ee(a: &mut Client, b: &mut Client, timeout: Duration) -> Result<()> {
+        let (Some(name_a), Some(name_b)) = (a.username.clone(), b.username.clone()) else {
+            return Err(ClientError::Protocol(
+                "both clients must be logged in".into(),
+            ));
+        };
+        let ready = |c: &Client, peer: &str| c.peers.as_ref().is_some_and(|p| p.is_ready(peer));
+        let busy = |c: &Client, peer: &str| {
+            c.peers
+                .as_ref()
+                .and_then(|p| p.get(peer))
+                .is_some_and(PeerSession::in_progress)
+        };
+        let both_ready = |a: &Client, b: &Client| ready(a, &name_b) && ready(b, &name_a);
+        let any_busy = |a: &Client, b: &Client| busy(a, &name_b) || busy(b, &name_a);
+        if !both_ready(a, b) && !any_busy(a, b) {
+            a.start_e2ee(&name_b)?;
+        }
+        let deadline = Instant::now() + timeout;
+        while !both_ready(a, b) || any_busy(a, b) {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            a.poll(Duration::from_millis(5))?;
+            b.poll(Duration::from_millis(5))?;
+        }
+        Ok(())
+    }
+
     /// All events that arrive within `window` (handy to assert silence).
     pub fn drain_events(&mut self, window: Duration) -> Result<Vec<Event>> {
         let deadline = Instant::now() + window;
@@ -574,22 +625,34 @@ impl Client {
         }
     }
 
-    /// Waits until the session with `peer` is ready (at once if it is).
-    /// A failed handshake is an error.
+    /// Waits until the session with `peer` is ready and no handshake is
+    /// under way (at once if so; stale `PeerReady` events do not count). A
+    /// failed handshake is an error.
     pub fn wait_peer_ready(&mut self, peer: &str, timeout: Duration) -> Result<()> {
-        if self.peers.as_ref().is_some_and(|p| p.is_ready(peer)) {
-            return Ok(());
-        }
-        let e = self.wait_for(timeout, |e| match e {
-            Event::PeerReady(p) => same_name(p, peer),
-            Event::PeerFailed { peer: p, .. } => same_name(p, peer),
-            _ => false,
-        })?;
-        match e {
-            Event::PeerFailed { reason, .. } => Err(ClientError::Protocol(format!(
-                "peer handshake failed: {reason}"
-            ))),
-            _ => Ok(()),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let session = self.peers.as_ref().and_then(|p| p.get(peer));
+            if session.is_some_and(PeerSession::is_ready) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self.wait_for(left, |e| match e {
+                Event::PeerReady(p) => same_name(p, peer),
+                Event::PeerFailed { peer: p, .. } => same_name(p, peer),
+                _ => false,
+            })?;
+            if let Event::PeerFailed { reason, .. } = e {
+                let busy = self
+                    .peers
+                    .as_ref()
+                    .and_then(|p| p.get(peer))
+                    .is_some_and(PeerSession::in_progress);
+                if !busy {
+                    return Err(ClientError::Protocol(format!(
+                        "peer handshake failed: {reason}"
+                    )));
+                }
+            }
         }
     }
 
