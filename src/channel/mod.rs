@@ -1,154 +1,79 @@
-//! TEMPORARY stand-in for the channel branch's client side of the secure
-//! channel (same API as specified for it), so the client can be written
-//! before that branch lands. Replaced by the real module on merge.
+//! The client <-> server secure channel of PROTOCOL.md section 2: the plain
+//! X25519 handshake, the `{"iv","payload","hmac"}` frames (AES-256-CBC +
+//! HMAC-SHA256, checked before decrypting) and key renewal (section 2.1).
+//!
+//! Pure state machines: no sockets, no threads, no clocks (the owner passes
+//! `now`), no logging. The server side is [`ServerChannel`]; the client side
+//! ([`ClientChannel`]) serves the crate's own client library, tests and the
+//! benchmark. Renegotiation messages are handled inside the channel and never
+//! reach the command layer.
 
-use serde_json::{json, Map, Value};
+mod client;
+mod frame;
+mod keyring;
+mod messages;
+mod renewal;
+mod server;
 
-use crate::crypto::{b64_decode, b64_encode, random_bytes, KeyPair, SymmetricKeys};
+pub use client::{ClientChannel, ClientHandshake, ClientInbound, ClientRenewalMode};
+pub use frame::Frame;
+pub use renewal::{PolicyError, RenewalPolicy};
+pub use server::{Inbound, ServerChannel};
 
-pub const HANDSHAKE_INFO: &[u8] = b"handshake_info";
+use crate::crypto::CryptoError;
 
-#[derive(Debug, thiserror::Error)]
+/// WebSocket close code for a malformed frame.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// WebSocket close code for a failed HMAC or a broken rule.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+/// Why a channel cannot go on. Every variant ends the connection; use
+/// [`ChannelError::close_code`] for the WebSocket close code. No variant
+/// carries key material or plaintext.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChannelError {
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-    #[error("hmac check failed")]
+    #[error("frame is not a JSON object")]
+    NotJson,
+    #[error("missing or non-string field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{0}` is not valid base64")]
+    BadBase64(&'static str),
+    #[error("expected a {expected} message")]
+    UnexpectedHandshake { expected: &'static str },
+    #[error("bad public key in {context}: {source}")]
+    BadKey {
+        context: &'static str,
+        source: CryptoError,
+    },
+    #[error("frame HMAC does not verify")]
     BadMac,
-    #[error("bad key")]
-    BadKey,
+    #[error("authenticated frame does not decrypt: {0}")]
+    Undecryptable(CryptoError),
+    #[error("plaintext is not UTF-8")]
+    NotUtf8,
+    #[error("plaintext is not a JSON object with a string \"type\"")]
+    BadPlaintext,
+    #[error("unsolicited RENEGOTIATE_RESPONSE")]
+    UnsolicitedResponse,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RenewalMode {
-    #[default]
-    Immediate,
-    MobileLike,
-    PythonVariant,
-}
-
-pub enum ClientInbound {
-    Command(Map<String, Value>),
-    Control(Option<String>),
-}
-
-pub struct ClientHandshake {
-    keypair: KeyPair,
-    salt: [u8; 32],
-    mode: RenewalMode,
-}
-
-pub struct ClientChannel {
-    keys: SymmetricKeys,
-    pending: Option<(KeyPair, [u8; 32])>,
-    mode: RenewalMode,
-    renewals: u64,
-}
-
-fn s<'a>(m: &'a Map<String, Value>, k: &str) -> Result<&'a str, ChannelError> {
-    m.get(k)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ChannelError::Malformed(k.to_string()))
-}
-
-impl ClientChannel {
-    pub fn start() -> (ClientHandshake, String) {
-        Self::start_with(RenewalMode::default())
-    }
-
-    pub fn start_with(mode: RenewalMode) -> (ClientHandshake, String) {
-        let keypair = KeyPair::generate();
-        let salt = random_bytes::<32>();
-        let msg = json!({"type": "HANDSHAKE_START", "public_key": b64_encode(&keypair.public_bytes()), "salt": b64_encode(&salt)}).to_string();
-        (
-            ClientHandshake {
-                keypair,
-                salt,
-                mode,
-            },
-            msg,
-        )
-    }
-
-    pub fn seal(&mut self, plaintext: &str) -> String {
-        let iv = random_bytes::<16>();
-        let (ct, tag) = self.keys.seal(&iv, plaintext.as_bytes());
-        json!({"iv": b64_encode(&iv), "payload": b64_encode(&ct), "hmac": b64_encode(&tag)})
-            .to_string()
-    }
-
-    pub fn request_renewal(&mut self) -> String {
-        let kp = KeyPair::generate();
-        let salt = random_bytes::<32>();
-        let mut init = json!({"type": "RENEGOTIATE_INIT", "public_key": b64_encode(&kp.public_bytes()), "salt": b64_encode(&salt)});
-        if self.mode == RenewalMode::Immediate {
-            init["immediate"] = json!(true);
-        }
-        self.pending = Some((kp, salt));
-        self.seal(&init.to_string())
-    }
-
-    pub fn renewals_completed(&self) -> u64 {
-        self.renewals
-    }
-
-    pub fn open(&mut self, frame: &str) -> Result<ClientInbound, ChannelError> {
-        let v: Map<String, Value> =
-            serde_json::from_str(frame).map_err(|_| ChannelError::Malformed("not json".into()))?;
-        let iv = b64_decode(s(&v, "iv")?).map_err(|_| ChannelError::Malformed("iv".into()))?;
-        let ct =
-            b64_decode(s(&v, "payload")?).map_err(|_| ChannelError::Malformed("payload".into()))?;
-        let tag = b64_decode(s(&v, "hmac")?).map_err(|_| ChannelError::Malformed("hmac".into()))?;
-        let pt = self
-            .keys
-            .open(&iv, &ct, &tag)
-            .map_err(|_| ChannelError::BadMac)?;
-        let cmd: Map<String, Value> =
-            serde_json::from_slice(&pt).map_err(|_| ChannelError::Malformed("plaintext".into()))?;
-        match cmd.get("type").and_then(Value::as_str) {
-            Some("RENEGOTIATE_REQUEST") => {
-                if self.mode == RenewalMode::PythonVariant {
-                    let server_pk =
-                        b64_decode(s(&cmd, "public_key")?).map_err(|_| ChannelError::BadKey)?;
-                    let salt = b64_decode(s(&cmd, "salt")?).map_err(|_| ChannelError::BadKey)?;
-                    let kp = KeyPair::generate();
-                    let shared = kp.agree(&server_pk).map_err(|_| ChannelError::BadKey)?;
-                    let reply = json!({"type": "RENEGOTIATE_RESPONSE", "public_key": b64_encode(&kp.public_bytes())});
-                    let sealed = self.seal(&reply.to_string());
-                    self.keys = SymmetricKeys::derive(&shared, &salt, HANDSHAKE_INFO);
-                    self.renewals += 1;
-                    return Ok(ClientInbound::Control(Some(sealed)));
-                }
-                Ok(ClientInbound::Control(Some(self.request_renewal())))
-            }
-            Some("RENEGOTIATE_RESPONSE") => {
-                let Some((kp, salt)) = self.pending.take() else {
-                    return Ok(ClientInbound::Control(None));
-                };
-                let pk = b64_decode(s(&cmd, "public_key")?).map_err(|_| ChannelError::BadKey)?;
-                let shared = kp.agree(&pk).map_err(|_| ChannelError::BadKey)?;
-                self.keys = SymmetricKeys::derive(&shared, &salt, HANDSHAKE_INFO);
-                self.renewals += 1;
-                Ok(ClientInbound::Control(None))
-            }
-            _ => Ok(ClientInbound::Command(cmd)),
+impl ChannelError {
+    /// 1002 for a malformed frame, 1008 for a failed HMAC or a broken rule.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            ChannelError::NotJson
+            | ChannelError::MissingField(_)
+            | ChannelError::BadBase64(_)
+            | ChannelError::Undecryptable(_)
+            | ChannelError::NotUtf8
+            | ChannelError::BadPlaintext => CLOSE_PROTOCOL_ERROR,
+            ChannelError::UnexpectedHandshake { .. }
+            | ChannelError::BadKey { .. }
+            | ChannelError::BadMac
+            | ChannelError::UnsolicitedResponse => CLOSE_POLICY_VIOLATION,
         }
     }
 }
 
-impl ClientHandshake {
-    pub fn finish(self, response: &str) -> Result<ClientChannel, ChannelError> {
-        let v: Map<String, Value> = serde_json::from_str(response)
-            .map_err(|_| ChannelError::Malformed("not json".into()))?;
-        if v.get("type").and_then(Value::as_str) != Some("HANDSHAKE_RESPONSE") {
-            return Err(ChannelError::Malformed("not a HANDSHAKE_RESPONSE".into()));
-        }
-        let pk = b64_decode(s(&v, "public_key")?).map_err(|_| ChannelError::BadKey)?;
-        let shared = self.keypair.agree(&pk).map_err(|_| ChannelError::BadKey)?;
-        Ok(ClientChannel {
-            keys: SymmetricKeys::derive(&shared, &self.salt, HANDSHAKE_INFO),
-            pending: None,
-            mode: self.mode,
-            renewals: 0,
-        })
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::{HandshakeError, Message};
 
 use super::error::{ClientError, Result};
-use crate::channel::{ClientChannel, ClientInbound, RenewalMode};
+use crate::channel::{ClientChannel, ClientInbound, ClientRenewalMode};
 
 /// Commands as decrypted from the channel.
 pub type Command = Map<String, Value>;
@@ -26,14 +26,14 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// How to answer the server's renewal requests. Default: immediate
     /// (`"immediate": true` in `RENEGOTIATE_INIT`, PROTOCOL.md 2.1.6).
-    pub renewal: RenewalMode,
+    pub renewal: ClientRenewalMode,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             timeout: Duration::from_secs(10),
-            renewal: RenewalMode::Immediate,
+            renewal: ClientRenewalMode::Immediate,
         }
     }
 }
@@ -134,7 +134,8 @@ impl ClientConnection {
     /// Connects, upgrades to WebSocket and runs the channel handshake.
     pub fn connect_with(url: &str, options: &ConnectOptions) -> Result<ClientConnection> {
         let mut ws = Self::connect_websocket(url, options)?;
-        let (handshake, start) = ClientChannel::start_with(options.renewal);
+        let (handshake, start) = ClientChannel::start();
+        let handshake = handshake.with_mode(options.renewal);
         ws.send(Message::Text(start)).map_err(ws_error)?;
         let deadline = Instant::now() + options.timeout;
         let response = loop {
@@ -218,9 +219,17 @@ impl ClientConnection {
     }
 
     /// Asks the server for new channel keys (`RENEGOTIATE_INIT`, unprompted).
-    pub fn request_renewal(&mut self) -> Result<()> {
-        let frame = self.channel.request_renewal();
-        self.write(Message::Text(frame))
+    /// Returns false (and sends nothing) if a renewal is already in flight.
+    pub fn request_renewal(&mut self) -> Result<bool> {
+        match self.channel.request_renewal() {
+            Some(frame) => self.write(Message::Text(frame)).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The channel state (renewal mode, renewal in flight).
+    pub fn channel(&self) -> &ClientChannel {
+        &self.channel
     }
 
     /// Channel renewals completed so far.

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub use crate::channel::RenewalMode;
+pub use crate::channel::ClientRenewalMode;
+/// Short name of [`ClientRenewalMode`].
+pub use crate::channel::ClientRenewalMode as RenewalMode;
 pub use connection::{ClientConnection, CloseInfo, Command, ConnectOptions, WsUrl};
 pub use e2ee::{E2eeError, PeerAction, PeerSession, PeerSessions, RekeyPolicy};
 pub use error::{ClientError, Result};
