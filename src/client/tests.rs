@@ -436,3 +436,43 @@ fn two_clients_talk_end_to_end() {
     alice.send_message("bob", "later").unwrap();
     assert_eq!(alice.wait_error(T).unwrap(), "user offline");
 }
+
+#[test]
+fn mobile_like_renewal_and_client_initiated_renewal() {
+    let fake = start_fake(2);
+    let options = ConnectOptions {
+        renewal: RenewalMode::MobileLike,
+        ..ConnectOptions::default()
+    };
+    let mut c = Client::connect_with(&fake.url, &options).unwrap();
+    let id = Identity::generate();
+    c.register("carol", "pw", &id)
+        .unwrap()
+        .into_result()
+        .unwrap();
+    for _ in 0..6 {
+        c.send(&json!({"type": "NOPE"})).unwrap();
+        assert_eq!(c.wait_error(T).unwrap(), "unknown command");
+    }
+    let renewed = c.connection().renewals_completed();
+    assert!(renewed >= 2, "{renewed}");
+    assert_eq!(
+        fake.immediate_inits.load(Ordering::SeqCst),
+        0,
+        "mobile-like INITs carry no immediate"
+    );
+
+    // Unprompted renewal from an immediate-mode client.
+    let fake = start_fake(0);
+    let mut conn = ClientConnection::connect(&fake.url).unwrap();
+    assert!(conn.request_renewal().unwrap());
+    assert!(!conn.request_renewal().unwrap(), "one in flight at a time");
+    conn.send(&json!({"type": "NOPE"})).unwrap();
+    let reply = conn.recv(T).unwrap().unwrap();
+    assert_eq!(reply["type"], "ERROR");
+    assert_eq!(conn.renewals_completed(), 1);
+    assert_eq!(fake.immediate_inits.load(Ordering::SeqCst), 1);
+    assert!(conn.recv(Duration::from_millis(50)).unwrap().is_none());
+    conn.close().unwrap();
+    assert_eq!(conn.close_info().map(|c| c.code), Some(1000));
+}
