@@ -145,6 +145,13 @@ impl SymmetricKeys {
         (&self.aes_key, &self.mac_key)
     }
 
+    /// HMAC-SHA256(mac_key, iv || ciphertext) for any inputs. Only for tests
+    /// that forge authentic-but-invalid frames.
+    #[cfg(test)]
+    pub(crate) fn tag_for_tests(&self, iv: &[u8], ciphertext: &[u8]) -> [u8; KEY_LEN] {
+        self.mac(iv, ciphertext).finalize().into_bytes().into()
+    }
+
     fn mac(&self, iv: &[u8], ciphertext: &[u8]) -> HmacSha256 {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.mac_key)
             .expect("HMAC accepts keys of any length");

@@ -139,6 +139,11 @@ impl ClientChannel {
         self.renewals
     }
 
+    #[cfg(test)]
+    pub(crate) fn sending_keys(&self) -> &crate::crypto::SymmetricKeys {
+        self.keys.sending()
+    }
+
     /// Whether our `RENEGOTIATE_INIT` awaits its response.
     pub fn renewal_in_flight(&self) -> bool {
         self.pending_init.is_some()

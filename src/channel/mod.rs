@@ -17,6 +17,7 @@ mod server;
 
 pub use client::{ClientChannel, ClientHandshake, ClientInbound, ClientRenewalMode};
 pub use frame::Frame;
+pub use messages::Object;
 pub use renewal::{PolicyError, RenewalPolicy};
 pub use server::{Inbound, ServerChannel};
 
@@ -75,5 +76,7 @@ impl ChannelError {
     }
 }
 
+#[cfg(test)]
+mod renewal_tests;
 #[cfg(test)]
 mod tests;

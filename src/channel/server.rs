@@ -201,6 +201,23 @@ impl ServerChannel {
         self.renewals += 1;
     }
 
+    /// A channel over known keys (for vector tests).
+    #[cfg(test)]
+    pub(crate) fn from_keys(
+        keys: crate::crypto::SymmetricKeys,
+        policy: RenewalPolicy,
+        now: Instant,
+    ) -> ServerChannel {
+        ServerChannel {
+            keys: KeyRing::new(keys),
+            schedule: Schedule::new(&policy, now),
+            policy,
+            request: None,
+            hold_until: None,
+            renewals: 0,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn frames_counted(&self) -> u32 {
         self.schedule.frames_sent()
