@@ -41,7 +41,10 @@ pub enum Envelope {
     /// A user was registered (the row is committed).
     Registered { username: String },
     /// A command of a logged-in session.
-    Command { conn: ConnId, command: SessionCommand },
+    Command {
+        conn: ConnId,
+        command: SessionCommand,
+    },
     /// The connection ended. The dispatcher forgets it, moves anything still
     /// waiting for it into its outbox, and then answers on `done`, after
     /// which nothing more is ever pushed to that outbox.
@@ -159,7 +162,10 @@ impl Dispatcher {
         loop {
             let received = match self.next_deadline() {
                 Some(deadline) => self.inbox.recv_deadline(deadline),
-                None => self.inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
                 Ok(Envelope::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -259,10 +265,7 @@ impl Dispatcher {
     fn replace(&mut self, old: Session, user: &str) -> VecDeque<Outgoing> {
         let mut moved: VecDeque<Outgoing> = old.pending.unwrap_or_default();
         if let Some(connection) = self.connections.get(&old.conn) {
-            info!(
-                "{} {}: replaced by a newer login",
-                connection.peer, user
-            );
+            info!("{} {}: replaced by a newer login", connection.peer, user);
             for item in connection.outbox.reclaim() {
                 match item {
                     Outgoing::StoreOffline { .. } => connection.outbox.push_final(item),
@@ -680,7 +683,10 @@ mod tests {
         h.dispatcher.fire_timers(h.now + Duration::from_secs(1));
         let list: serde_json::Value =
             serde_json::from_str(&ana.outbox.take_user_list().unwrap()).unwrap();
-        assert_eq!(list["users"][1], json!({"username": "bob", "isOnline": false}));
+        assert_eq!(
+            list["users"][1],
+            json!({"username": "bob", "isOnline": false})
+        );
     }
 
     #[test]

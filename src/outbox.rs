@@ -170,7 +170,9 @@ impl Outbox {
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the
 /// values guarded here stay consistent whatever panicked).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ pub enum PasswordError {
 pub enum Verification {
     /// The password matches; `needs_rehash` when the stored hash was made
     /// with other parameters than the configured ones.
-    Valid { needs_rehash: bool },
+    Valid {
+        needs_rehash: bool,
+    },
     Invalid,
 }
 

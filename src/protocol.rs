@@ -268,8 +268,9 @@ mod tests {
                 new_public_key: Some("k".into()),
             }))
         );
-        let without_key =
-            parse_command(&object(json!({"type": "LOGIN", "username": "a", "password": "b"})));
+        let without_key = parse_command(&object(
+            json!({"type": "LOGIN", "username": "a", "password": "b"}),
+        ));
         assert!(matches!(
             without_key,
             Ok(Command::Auth(AuthCommand::Login {
@@ -277,8 +278,9 @@ mod tests {
                 ..
             }))
         ));
-        let challenge =
-            parse_command(&object(json!({"type": "LOGIN_CHALLENGE_REQUEST", "username": "a"})));
+        let challenge = parse_command(&object(
+            json!({"type": "LOGIN_CHALLENGE_REQUEST", "username": "a"}),
+        ));
         assert!(matches!(
             challenge,
             Ok(Command::Auth(AuthCommand::ChallengeRequest { .. }))
@@ -335,7 +337,10 @@ mod tests {
             &step("RESPONSE_A_CHALLENGE_B")
         ));
         assert!(carries_peer_signature(RelayKind::Auth, &step("RESPONSE_B")));
-        assert!(!carries_peer_signature(RelayKind::Auth, &step("CHALLENGE_A")));
+        assert!(!carries_peer_signature(
+            RelayKind::Auth,
+            &step("CHALLENGE_A")
+        ));
         assert!(!carries_peer_signature(
             RelayKind::Message,
             &step("RESPONSE_B")
@@ -350,10 +355,14 @@ mod tests {
             response,
             json!({"type": "auth_response", "status": "LOGIN_FAILED", "message": "x"})
         );
-        let list: Value =
-            serde_json::from_str(&user_list_update([("ana", true), ("Bob", false)].into_iter()))
-                .unwrap();
-        assert_eq!(list["users"][1], json!({"username": "Bob", "isOnline": false}));
+        let list: Value = serde_json::from_str(&user_list_update(
+            [("ana", true), ("Bob", false)].into_iter(),
+        ))
+        .unwrap();
+        assert_eq!(
+            list["users"][1],
+            json!({"username": "Bob", "isOnline": false})
+        );
         let typing: Value = serde_json::from_str(&typing_status("ana", true)).unwrap();
         assert_eq!(typing["isTyping"], json!(true));
     }

@@ -24,8 +24,7 @@ use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
 use crate::password::{PasswordError, PasswordHasher};
-use crate::store::mysql::MysqlStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 
 /// Stack of a connection thread. Release builds need little (argon2 and
@@ -70,7 +69,10 @@ pub struct ServerHandle {
 /// Opens the configured store.
 pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config {
-        StoreConfig::Mysql(mysql) => Arc::new(MysqlStore::connect_url(&mysql.url, mysql.pool_max)?),
+        StoreConfig::Mysql(mysql) => {
+            let settings = MysqlSettings::from_url(&mysql.url)?;
+            Arc::new(MysqlStore::connect(&settings, mysql.pool_max)?)
+        }
         StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
     })
 }

@@ -332,7 +332,12 @@ impl Authenticator<'_> {
             challenge_issued,
             reply,
         };
-        if self.services.dispatcher.send(Envelope::Login(request)).is_err() {
+        if self
+            .services
+            .dispatcher
+            .send(Envelope::Login(request))
+            .is_err()
+        {
             return self.server_error("server shutting down");
         }
         match outcome.recv() {
@@ -375,7 +380,10 @@ fn normalized_identity_key(key: &str) -> Option<String> {
 }
 
 fn signature_valid(public_key: &str, nonce: &[u8], signature: &str) -> bool {
-    match (crypto::b64_decode(public_key), crypto::b64_decode(signature)) {
+    match (
+        crypto::b64_decode(public_key),
+        crypto::b64_decode(signature),
+    ) {
         (Ok(key), Ok(signature)) => crypto::verify_ed25519(&key, nonce, &signature),
         _ => false,
     }

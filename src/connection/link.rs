@@ -240,7 +240,10 @@ impl Link {
             config.max_message_size = Some(max_message_bytes);
             config.max_frame_size = Some(max_message_bytes);
         });
-        self.ws.get_ref().set_nonblocking(true).map_err(LinkError::Io)
+        self.ws
+            .get_ref()
+            .set_nonblocking(true)
+            .map_err(LinkError::Io)
     }
 
     /// Whether the client is already gone (reset or closed its side): used
@@ -324,10 +327,7 @@ impl Link {
 }
 
 /// Reads until the first text message, or fails at `deadline`.
-fn read_text_before(
-    ws: &mut WebSocket<TcpStream>,
-    deadline: Instant,
-) -> Result<String, LinkError> {
+fn read_text_before(ws: &mut WebSocket<TcpStream>, deadline: Instant) -> Result<String, LinkError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -89,7 +89,10 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
 
 impl Session<'_> {
     fn serve(&mut self) -> End {
-        if let Err(error) = self.link.enter_session(self.services.config.max_message_bytes) {
+        if let Err(error) = self
+            .link
+            .enter_session(self.services.config.max_message_bytes)
+        {
             return End::Link(error);
         }
         let mut readable = true;
@@ -241,10 +244,11 @@ impl Session<'_> {
     /// runs, then the staged queue in order.
     fn next_text(&mut self) -> Option<String> {
         let services = self.services;
-        if let Some(frame) =
-            self.offline
-                .next_frame(&self.user, services.store.as_ref(), &services.offline_claims)
-        {
+        if let Some(frame) = self.offline.next_frame(
+            &self.user,
+            services.store.as_ref(),
+            &services.offline_claims,
+        ) {
             return Some(frame.text);
         }
         if self.offline.is_active() {
@@ -282,7 +286,8 @@ impl Session<'_> {
         if self.link.flush()? {
             self.unflushed = false;
             self.write_blocked = false;
-            self.offline.flushed(&self.user, self.services.store.as_ref());
+            self.offline
+                .flushed(&self.user, self.services.store.as_ref());
         } else {
             self.write_blocked = true;
         }
@@ -305,7 +310,11 @@ impl Session<'_> {
     /// is reported to the sender, never silent.
     fn store_for_recipient(&mut self, recipient: &str, payload: &Value) {
         let text = payload.to_string();
-        let error = match self.services.store.store_offline(&self.user, recipient, &text) {
+        let error = match self
+            .services
+            .store
+            .store_offline(&self.user, recipient, &text)
+        {
             Ok(_) => return,
             Err(StoreError::PayloadTooLarge) => messages::PAYLOAD_TOO_LARGE,
             Err(error) => {
@@ -316,8 +325,7 @@ impl Session<'_> {
                 messages::STORE_UNAVAILABLE
             }
         };
-        self.staged
-            .push_back(Staged::Reply(protocol::error(error)));
+        self.staged.push_back(Staged::Reply(protocol::error(error)));
     }
 
     /// Leaves the dispatcher, saves every undelivered message, closes.
@@ -365,9 +373,14 @@ impl Session<'_> {
                     kind: RelayKind::Message,
                     from,
                     payload,
-                } => self.services.store.store_offline(&from, &self.user, &payload.to_string()),
+                } => self
+                    .services
+                    .store
+                    .store_offline(&from, &self.user, &payload.to_string()),
                 Outgoing::StoreOffline { to, payload } => {
-                    self.services.store.store_offline(&self.user, &to, &payload.to_string())
+                    self.services
+                        .store
+                        .store_offline(&self.user, &to, &payload.to_string())
                 }
                 Outgoing::Error(message) => {
                     notices.push(protocol::error(message));
