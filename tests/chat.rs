@@ -91,3 +91,262 @@ fn message_to_unknown_user_is_refused_not_stored(backend: Backend) {
 }
 
 both_stores!(message_to_unknown_user_is_refused_not_stored);
+
+fn typing_notices_reach_an_online_peer_only(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let (mut bob, _) = user(&server, "bob");
+    common::register(&server, "carol");
+    alice.typing("bob", true).unwrap();
+    assert!(bob.wait_typing_from("alice", WAIT).unwrap());
+    alice.typing("bob", false).unwrap();
+    assert!(!bob.wait_typing_from("alice", WAIT).unwrap());
+    // To an offline user: dropped silently, no error for the sender.
+    alice.typing("carol", false).unwrap();
+    let events = alice.drain_events(Duration::from_millis(300)).unwrap();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Error(_))),
+        "{events:?}"
+    );
+}
+
+both_stores!(typing_notices_reach_an_online_peer_only);
+
+fn user_list_lists_everyone_and_answers_the_requester_only(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    common::register(&server, "zoe");
+    let (mut alice, _) = user(&server, "Alice");
+    let (mut bob, _) = user(&server, "bob");
+    alice.wait_user_online("bob", WAIT).unwrap();
+    // Wait for the presence broadcast of bob's login to be over.
+    alice.drain_events(Duration::from_millis(400)).unwrap();
+    bob.drain_events(Duration::from_millis(50)).unwrap();
+    bob.request_user_list().unwrap();
+    let list = bob.wait_user_list(WAIT).unwrap();
+    assert_eq!(
+        list,
+        vec![
+            ("Alice".to_string(), true),
+            ("bob".to_string(), true),
+            ("zoe".to_string(), false),
+        ],
+        "every registered user, sorted case-insensitively, with online marks"
+    );
+    let events = alice.drain_events(Duration::from_millis(400)).unwrap();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::UserList(_))),
+        "another user's request must not reach alice: {events:?}"
+    );
+    bob.close();
+    alice.wait_user_offline("bob", WAIT).unwrap();
+}
+
+both_stores!(user_list_lists_everyone_and_answers_the_requester_only);
+
+fn public_key_of_a_user_and_of_nobody(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob_id = common::register(&server, "Bob");
+    alice.get_public_key("BOB").unwrap();
+    let event = alice
+        .wait_for(WAIT, |e| matches!(e, Event::PublicKey { .. }))
+        .unwrap();
+    assert_eq!(
+        event,
+        Event::PublicKey {
+            username: "Bob".into(),
+            public_key: bob_id.public_key_b64()
+        }
+    );
+    alice.get_public_key("nobody").unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "User not found");
+}
+
+both_stores!(public_key_of_a_user_and_of_nobody);
+
+fn unknown_commands_get_an_error_and_the_session_lives_on(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    alice
+        .send(&json!({"type": "chat_message", "text": "hi"}))
+        .unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "unknown command");
+    alice
+        .send(&json!({"type": "E2E_MSG", "to": "alice", "payload": "not an object"}))
+        .unwrap();
+    assert!(alice.wait_error(WAIT).unwrap().contains("payload"));
+    alice
+        .send(&json!({"type": "E2E_HANDSHAKE", "to": "nobody", "payload": {}}))
+        .unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "User not found");
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(WAIT).expect("still served");
+}
+
+both_stores!(unknown_commands_get_an_error_and_the_session_lives_on);
+
+fn signalling_to_an_offline_user_is_refused(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    common::register(&server, "bob");
+    alice
+        .send(&json!({"type": "E2E_HANDSHAKE", "to": "bob", "payload": {"subType": "INIT"}}))
+        .unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "recipient is offline");
+    assert_eq!(server.store.count_offline("bob").unwrap(), 0);
+}
+
+both_stores!(signalling_to_an_offline_user_is_refused);
+
+/// A session is ready at its first chat command: relays wait until then.
+fn relays_wait_for_the_first_command_of_a_new_session(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob_id = common::register(&server, "bob");
+    let mut bob = Client::connect(&server.url).unwrap();
+    assert!(bob.login_challenge("bob", &bob_id).unwrap().is_success());
+    alice.wait_user_online("bob", WAIT).unwrap();
+    let payload = json!({"iv": "AAAA", "ct": "BBBB", "mac": "CCCC"});
+    alice
+        .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": payload}))
+        .unwrap();
+    let early = bob.connection().recv(Duration::from_millis(300)).unwrap();
+    assert!(
+        early
+            .as_ref()
+            .map_or(true, |c| c["type"] == "user_list_update"),
+        "nothing but presence before bob's first command: {early:?}"
+    );
+    bob.send(&json!({"type": "REQUEST_USER_LIST"})).unwrap();
+    let relayed = wait_command(&mut bob, "E2E_MSG");
+    assert_eq!(relayed["from"], "alice");
+    assert_eq!(
+        relayed["payload"], payload,
+        "payload relayed as the same JSON"
+    );
+}
+
+both_stores!(relays_wait_for_the_first_command_of_a_new_session);
+
+fn wait_command(client: &mut Client, kind: &str) -> serde_json::Map<String, serde_json::Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let command = client
+            .connection()
+            .recv(left)
+            .unwrap()
+            .expect("command in time");
+        if command["type"] == kind {
+            return command;
+        }
+    }
+}
+
+/// Messages waiting for a connection that closes go to the offline store.
+fn undelivered_messages_of_a_closing_connection_are_stored(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob_id = common::register(&server, "bob");
+    let mut bob = Client::connect(&server.url).unwrap();
+    assert!(bob.login_challenge("bob", &bob_id).unwrap().is_success());
+    alice.wait_user_online("bob", WAIT).unwrap();
+    for n in 0..3 {
+        alice
+            .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": {"n": n}}))
+            .unwrap();
+    }
+    // bob never sent a command: the three wait for him; now he leaves.
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(WAIT).unwrap();
+    bob.close();
+    wait_until(|| server.store.count_offline("bob").unwrap() == 3);
+    let mut bob = Client::connect(&server.url).unwrap();
+    assert!(bob.login_challenge("bob", &bob_id).unwrap().is_success());
+    bob.send(&json!({"type": "REQUEST_OFFLINE_MESSAGES"}))
+        .unwrap();
+    for n in 0..3 {
+        let message = wait_command(&mut bob, "E2E_MSG");
+        assert_eq!(message["payload"], json!({"n": n}));
+        assert_eq!(message["from"], "alice");
+    }
+}
+
+both_stores!(undelivered_messages_of_a_closing_connection_are_stored);
+
+/// Keys are renewed along the way (threshold lowered) without losing or
+/// reordering anything, with our clients (`immediate`) and mobile-like ones
+/// (output hold after the response).
+fn key_renewal_loses_nothing(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.renewal.min_frames = 3;
+        config.renewal.max_frames = 6;
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob_id = common::register(&server, "bob");
+    let options = chat_server::client::connection::ConnectOptions {
+        renewal: chat_server::channel::ClientRenewalMode::MobileLike,
+        ..Default::default()
+    };
+    let mut bob = Client::connect_with(&server.url, &options).unwrap();
+    assert!(bob.login_challenge("bob", &bob_id).unwrap().is_success());
+    bob.open_home().unwrap();
+    Client::pair_e2ee(&mut alice, &mut bob, WAIT).unwrap();
+    // A burst, then ping-pong: renewals progress as clients read.
+    for n in 0..20 {
+        alice.send_message("bob", &format!("burst {n}")).unwrap();
+    }
+    for n in 0..20 {
+        assert_eq!(
+            bob.wait_message_from("alice", WAIT).unwrap(),
+            format!("burst {n}")
+        );
+    }
+    for n in 0..30 {
+        alice.send_message("bob", &format!("a{n}")).unwrap();
+        assert_eq!(
+            bob.wait_message_from("alice", WAIT).unwrap(),
+            format!("a{n}")
+        );
+        bob.send_message("alice", &format!("b{n}")).unwrap();
+        assert_eq!(
+            alice.wait_message_from("bob", WAIT).unwrap(),
+            format!("b{n}")
+        );
+    }
+    let (a, b) = (
+        alice.connection().renewals_completed(),
+        bob.connection().renewals_completed(),
+    );
+    assert!(a >= 3 && b >= 3, "renewals: alice {a}, bob {b}");
+    // A client-initiated renewal is answered too.
+    let before = alice.connection().renewals_completed();
+    assert!(alice.connection().request_renewal().unwrap());
+    alice.request_user_list().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while alice.connection().renewals_completed() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no RENEGOTIATE_RESPONSE"
+        );
+        alice.poll(Duration::from_millis(20)).unwrap();
+    }
+}
+
+both_stores!(key_renewal_loses_nothing);
