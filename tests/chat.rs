@@ -226,7 +226,7 @@ fn relays_wait_for_the_first_command_of_a_new_session(backend: Backend) {
     assert!(
         early
             .as_ref()
-            .map_or(true, |c| c["type"] == "user_list_update"),
+            .is_none_or(|c| c["type"] == "user_list_update"),
         "nothing but presence before bob's first command: {early:?}"
     );
     bob.send(&json!({"type": "REQUEST_USER_LIST"})).unwrap();
