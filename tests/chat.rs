@@ -350,3 +350,45 @@ fn key_renewal_loses_nothing(backend: Backend) {
 }
 
 both_stores!(key_renewal_loses_nothing);
+
+/// A burst of logins reaches an online user as few coalesced lists, the
+/// last of which shows everyone online.
+fn presence_bursts_are_coalesced(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.presence_window = Duration::from_millis(300);
+    }) else {
+        return;
+    };
+    let (mut observer, _) = user(&server, "observer");
+    let names: Vec<String> = (0..8).map(|n| format!("user{n}")).collect();
+    let identities: Vec<_> = names.iter().map(|n| common::register(&server, n)).collect();
+    observer.drain_events(Duration::from_millis(400)).unwrap();
+    let clients: Vec<Client> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .zip(&identities)
+            .map(|(name, id)| scope.spawn(|| login(&server, name, id)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let lists: Vec<Vec<(String, bool)>> = observer
+        .drain_events(Duration::from_millis(1000))
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::UserList(list) => Some(list),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !lists.is_empty() && lists.len() <= 3,
+        "8 logins within one window give 1-3 broadcasts, got {}",
+        lists.len()
+    );
+    let last = lists.last().unwrap();
+    assert_eq!(last.len(), 9);
+    assert!(last.iter().all(|(_, online)| *online), "{last:?}");
+    drop(clients);
+}
+
+both_stores!(presence_bursts_are_coalesced);
