@@ -203,11 +203,13 @@ impl Link {
         Ok(())
     }
 
-    /// A renewal request when the renewal timer fired.
-    pub fn poll_renewal(&mut self) -> Result<bool, LinkError> {
+    /// Lets the channel act on its deadlines (renewal timer, end of a
+    /// hold); queues a `RENEGOTIATE_REQUEST` if one is due. `Ok(None)`:
+    /// nothing queued; `Ok(Some(false))`: queued, the socket is full.
+    pub fn poll_renewal(&mut self) -> Result<Option<bool>, LinkError> {
         match self.channel.poll_renewal(Instant::now()) {
-            Some(request) => self.write(request),
-            None => Ok(true),
+            Some(request) => self.write(request).map(Some),
+            None => Ok(None),
         }
     }
 

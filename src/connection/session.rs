@@ -106,6 +106,9 @@ impl Session<'_> {
                 Some(Err(error)) => return End::Link(error),
                 None => false,
             };
+            if let Err(error) = self.poll_channel() {
+                return End::Link(error);
+            }
             let more_to_write = match self.write_pending() {
                 Ok(more) => more,
                 Err(error) => return End::Link(error),
@@ -130,6 +133,16 @@ impl Session<'_> {
                 Err(error) => return End::Link(error),
             }
         }
+    }
+
+    /// Lets the channel act on a due deadline: the renewal timer, or the
+    /// end of an output hold (which would otherwise stay due forever).
+    fn poll_channel(&mut self) -> Result<(), LinkError> {
+        if let Some(open) = self.link.poll_renewal()? {
+            self.unflushed = true;
+            self.write_blocked |= !open;
+        }
+        Ok(())
     }
 
     /// Reads and handles frames until the socket has no more (false) or the
