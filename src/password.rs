@@ -115,14 +115,7 @@ mod tests {
         .unwrap()
     }
 
-    fn vectors() -> serde_json::Value {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/protocol/vectors.json"
-        ))
-        .expect("vectors.json next to the project");
-        serde_json::from_str(&text).unwrap()
-    }
+    use crate::crypto::test_vectors::vectors;
 
     #[test]
     fn new_hashes_are_argon2id_with_the_configured_parameters() {

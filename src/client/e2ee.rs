@@ -680,14 +680,7 @@ impl PeerSessions {
 mod tests {
     use super::*;
 
-    fn vectors() -> Value {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/protocol/vectors.json"
-        ))
-        .unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
+    use crate::crypto::test_vectors::vectors;
 
     fn b(v: &Value) -> Vec<u8> {
         b64_decode(v.as_str().unwrap()).unwrap()

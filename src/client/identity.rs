@@ -61,14 +61,7 @@ mod tests {
     use super::*;
     use crate::crypto::{b64_decode, verify_ed25519};
 
-    fn vectors() -> serde_json::Value {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/protocol/vectors.json"
-        ))
-        .unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
+    use crate::crypto::test_vectors::vectors;
 
     #[test]
     fn login_vector_signature() {

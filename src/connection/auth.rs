@@ -407,14 +407,7 @@ mod tests {
 
     #[test]
     fn identity_keys_are_checked_and_normalised() {
-        let vectors: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/protocol/vectors.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+        let vectors = crate::crypto::test_vectors::vectors();
         let key = vectors["ed25519_login"]["public_key"].as_str().unwrap();
         assert_eq!(normalized_identity_key(key).as_deref(), Some(key));
         let unpadded = key.trim_end_matches('=');
