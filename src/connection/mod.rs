@@ -50,7 +50,7 @@ pub struct Services {
 /// Serves one client until it is gone. Never panics on client input; every
 /// error ends this connection only.
 pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Services) {
-    debug!("{peer}: connected");
+    info!("{peer}: connected");
     let config = &services.config;
     let mut link = match Link::accept(
         stream,
