@@ -134,10 +134,13 @@ impl Link {
         };
         let mut ws = tungstenite::accept_with_config(stream, Some(config))
             .map_err(|error| LinkError::violation(1002, format!("upgrade failed: {error}")))?;
-        let first = read_text_before(&mut ws, deadline)?;
-        let (channel, response) = ServerChannel::accept_handshake(&first, renewal, Instant::now())?;
-        ws.send(Message::Text(response))?;
-        Ok(Link { ws, channel, peer })
+        match handshake(&mut ws, deadline, renewal) {
+            Ok(channel) => Ok(Link { ws, channel, peer }),
+            Err(error) => {
+                close_websocket(&mut ws, error.close_code(), &error.to_string());
+                Err(error)
+            }
+        }
     }
 
     /// Reads one WebSocket message. `Ok(None)` for pings and pongs, which
@@ -311,21 +314,47 @@ impl Link {
     /// Sends a close frame (best effort, bounded in time) and shuts the
     /// socket down.
     pub fn close(mut self, code: Option<u16>, reason: &str) {
-        let socket = self.ws.get_ref();
-        let _ = socket.set_nonblocking(false);
-        let _ = socket.set_write_timeout(Some(CLOSE_DEADLINE));
-        if let Some(code) = code {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.chars().take(100).collect::<String>().into(),
-            };
-            let _ = self.ws.close(Some(frame));
-            let _ = self.ws.flush();
-        } else {
-            let _ = self.ws.flush();
-        }
-        let _ = self.ws.get_ref().shutdown(Shutdown::Both);
+        close_websocket(&mut self.ws, code, reason);
     }
+}
+
+/// Reads `HANDSHAKE_START` before `deadline` and answers it.
+fn handshake(
+    ws: &mut WebSocket<TcpStream>,
+    deadline: Instant,
+    renewal: RenewalPolicy,
+) -> Result<ServerChannel, LinkError> {
+    let first = read_text_before(ws, deadline)?;
+    let (channel, response) = ServerChannel::accept_handshake(&first, renewal, Instant::now())?;
+    ws.send(Message::Text(response))?;
+    Ok(channel)
+}
+
+/// Sends a close frame with `code` if given (best effort, bounded in time),
+/// then shuts the socket down.
+fn close_websocket(ws: &mut WebSocket<TcpStream>, code: Option<u16>, reason: &str) {
+    let socket = ws.get_ref();
+    let _ = socket.set_nonblocking(false);
+    let _ = socket.set_write_timeout(Some(CLOSE_DEADLINE));
+    if let Some(code) = code {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            // A close reason is at most 123 bytes.
+            reason: truncate(reason, 120).to_owned().into(),
+        };
+        let _ = ws.close(Some(frame));
+    }
+    let _ = ws.flush();
+    let _ = ws.get_ref().shutdown(Shutdown::Both);
+}
+
+/// The longest prefix of `text` of at most `max` bytes, on a char boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Reads until the first text message, or fails at `deadline`.
