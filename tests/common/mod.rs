@@ -182,3 +182,46 @@ pub fn user(server: &TestServer, name: &str) -> (Client, Identity) {
     let client = login(server, name, &identity);
     (client, identity)
 }
+
+use chat_server::client::{ClientConnection, Command};
+use serde_json::Value;
+
+static NEXT_NAME: AtomicU64 = AtomicU64::new(0);
+
+/// A user name not used before in this process.
+pub fn fresh_name(prefix: &str) -> String {
+    format!("{prefix}{}", NEXT_NAME.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends one command and returns the next command the server sends.
+pub fn ask(conn: &mut ClientConnection, command: &Value) -> Command {
+    conn.send(command).expect("send");
+    conn.recv(WAIT)
+        .expect("answer")
+        .unwrap_or_else(|| panic!("no answer to {command} within {WAIT:?}"))
+}
+
+/// `(status, message)` of an `auth_response`; panics on anything else.
+pub fn auth_status(reply: &Command) -> (String, Option<String>) {
+    assert_eq!(
+        reply.get("type").and_then(Value::as_str),
+        Some("auth_response"),
+        "expected an auth_response, got {reply:?}"
+    );
+    let status = reply["status"].as_str().expect("status").to_string();
+    let message = reply
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    (status, message)
+}
+
+/// Proves the server still serves: a fresh user registers and logs in.
+pub fn assert_server_works(server: &TestServer) {
+    let name = fresh_name("healthy");
+    let mut client = login(server, &name, &register(server, &name));
+    client
+        .wait_user_online(&name, WAIT)
+        .expect("the new user sees itself online");
+    client.close();
+}
