@@ -224,12 +224,8 @@ impl Manual {
 
 // ----- the first frame -------------------------------------------------------------
 
-// KNOWN SERVER BUG (these tests fail until it is fixed): a refused first
-// frame ends the connection without a close frame (the client sees a TCP
-// reset, i.e. 1006) instead of closing with 1002/1008 as PROTOCOL.md 2.5
-// asks. `Link::accept` (src/connection/link.rs) drops the WebSocket on any
-// handshake error, and `connection::serve` (src/connection/mod.rs) only logs
-// it, so nobody sends the close frame.
+// A refused first frame gets a close frame with its code (PROTOCOL.md 2.5),
+// not a bare reset.
 fn first_frame_is_refused(backend: Backend, first: Message, expected: u16) {
     let Some(server) = TestServer::start(backend) else {
         return;
