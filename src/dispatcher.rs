@@ -45,10 +45,16 @@ pub enum Envelope {
         conn: ConnId,
         command: SessionCommand,
     },
-    /// The connection ended. The dispatcher forgets it, moves anything still
-    /// waiting for it into its outbox, and then answers on `done`, after
-    /// which nothing more is ever pushed to that outbox.
-    Closed { conn: ConnId, done: Sender<()> },
+    /// The connection ended; `unsent` are the items it had taken from its
+    /// outbox but not written. The dispatcher forgets the connection, hands
+    /// every undelivered message back in order (see [`Dispatcher::closed`]),
+    /// and then answers on `done`, after which nothing more is ever pushed
+    /// to that outbox.
+    Closed {
+        conn: ConnId,
+        unsent: Vec<Outgoing>,
+        done: Sender<()>,
+    },
     /// Ask every connection to close and stop the dispatcher.
     Shutdown,
 }
@@ -192,8 +198,8 @@ impl Dispatcher {
                 self.presence.register(&username, now);
             }
             Envelope::Command { conn, command } => self.command(conn, command, now),
-            Envelope::Closed { conn, done } => {
-                self.closed(conn, now);
+            Envelope::Closed { conn, unsent, done } => {
+                self.closed(conn, unsent, now);
                 let _ = done.send(());
             }
             Envelope::Shutdown => {}
@@ -280,18 +286,66 @@ impl Dispatcher {
         moved
     }
 
-    fn closed(&mut self, conn: ConnId, now: Instant) {
+    /// Forgets a closed connection. What it never delivered (its unsent
+    /// items, its outbox, the relays waiting for it to be ready) goes, in
+    /// order, to its user's newer session if there is one, else back to
+    /// each sender's thread for the offline store: the same path later
+    /// messages from that sender take, so their order in the store holds.
+    /// Only messages whose sender is gone, and this connection's own
+    /// offline-store duties, stay in its outbox for its thread to store.
+    fn closed(&mut self, conn: ConnId, unsent: Vec<Outgoing>, now: Instant) {
         let Some(connection) = self.connections.remove(&conn) else {
             return;
         };
         let key = fold(&connection.user);
+        let mut undelivered = unsent;
+        undelivered.extend(connection.outbox.reclaim());
         if self.sessions.get(&key).is_some_and(|s| s.conn == conn) {
             if let Some(session) = self.sessions.remove(&key) {
-                for item in session.pending.unwrap_or_default() {
-                    connection.outbox.push_final(item);
-                }
+                undelivered.extend(session.pending.unwrap_or_default());
             }
             self.presence.set_online(&connection.user, false, now);
+        }
+        for item in undelivered {
+            self.hand_back(item, &connection, conn);
+        }
+    }
+
+    fn hand_back(&mut self, item: Outgoing, closed: &Connection, closed_conn: ConnId) {
+        let Outgoing::Relay {
+            kind: RelayKind::Message,
+            from,
+            payload,
+        } = item
+        else {
+            if matches!(item, Outgoing::StoreOffline { .. }) {
+                closed.outbox.push_final(item);
+            }
+            return;
+        };
+        let recipient_key = fold(&closed.user);
+        if self.sessions.contains_key(&recipient_key) {
+            let relay = Outgoing::Relay {
+                kind: RelayKind::Message,
+                from,
+                payload,
+            };
+            self.deliver(&recipient_key, relay, closed_conn);
+            return;
+        }
+        match self.sessions.get(&fold(&from)).map(|sender| sender.conn) {
+            Some(sender) => {
+                let store = Outgoing::StoreOffline {
+                    to: closed.user.clone(),
+                    payload,
+                };
+                self.push_or_evict(sender, store);
+            }
+            None => closed.outbox.push_final(Outgoing::Relay {
+                kind: RelayKind::Message,
+                from,
+                payload,
+            }),
         }
     }
 
@@ -541,8 +595,9 @@ mod tests {
 
         fn close(&mut self, conn: ConnId) {
             let (done, wait) = crossbeam_channel::bounded(1);
+            let unsent = Vec::new();
             self.dispatcher
-                .handle(Envelope::Closed { conn, done }, self.now);
+                .handle(Envelope::Closed { conn, unsent, done }, self.now);
             wait.try_recv().expect("Closed is acknowledged at once");
         }
     }
@@ -687,6 +742,41 @@ mod tests {
             list["users"][1],
             json!({"username": "bob", "isOnline": false})
         );
+    }
+
+    #[test]
+    fn a_closing_recipient_hands_messages_back_in_order() {
+        let mut h = harness(&["ana", "bob"]);
+        let ana = h.login(1, "ana", 8);
+        let bob = h.login(2, "bob", 8);
+        h.command(1, SessionCommand::Ready);
+        h.message(1, "bob", 0);
+        h.message(1, "bob", 1);
+        let (done, wait) = crossbeam_channel::bounded(1);
+        let unsent = vec![relayed("ana", -1)];
+        h.dispatcher.handle(
+            Envelope::Closed {
+                conn: 2,
+                unsent,
+                done,
+            },
+            h.now,
+        );
+        wait.try_recv().unwrap();
+        h.message(1, "bob", 2);
+        let stored: Vec<_> = ana
+            .drain()
+            .into_iter()
+            .map(|item| match item {
+                Outgoing::StoreOffline { to, payload } => {
+                    assert_eq!(&*to, "bob");
+                    payload["n"].as_i64().unwrap()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(stored, vec![-1, 0, 1, 2], "the sender stores them in order");
+        assert!(bob.drain().is_empty());
     }
 
     #[test]

@@ -255,6 +255,9 @@ fn run_connection(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &
     if outcome.is_err() {
         error!("{peer}: connection thread panicked; connection dropped");
         let (done, _wait) = crossbeam_channel::bounded(1);
-        let _ = services.dispatcher.send(Envelope::Closed { conn, done });
+        let unsent = Vec::new();
+        let _ = services
+            .dispatcher
+            .send(Envelope::Closed { conn, unsent, done });
     }
 }

@@ -270,9 +270,12 @@ fn undelivered_messages_of_a_closing_connection_are_stored(backend: Backend) {
             .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": {"n": n}}))
             .unwrap();
     }
-    // bob never sent a command: the three wait for him; now he leaves.
-    alice.request_user_list().unwrap();
-    alice.wait_user_list(WAIT).unwrap();
+    // bob never sent a command: the three wait for him. A round trip on
+    // alice's connection makes sure the dispatcher has them; now he leaves.
+    alice.get_public_key("alice").unwrap();
+    alice
+        .wait_for(WAIT, |e| matches!(e, Event::PublicKey { .. }))
+        .unwrap();
     bob.close();
     wait_until(|| server.store.count_offline("bob").unwrap() == 3);
     let mut bob = Client::connect(&server.url).unwrap();

@@ -341,11 +341,22 @@ impl Session<'_> {
         self.staged.push_back(Staged::Reply(protocol::error(error)));
     }
 
-    /// Leaves the dispatcher, saves every undelivered message, closes.
+    /// Leaves the dispatcher (handing back what was never written), saves
+    /// what is left to this thread, closes.
     fn finish(mut self, end: End) {
+        let mut notices = Vec::new();
+        let mut unsent = Vec::new();
+        for staged in self.staged.drain(..) {
+            match staged {
+                Staged::Item(Outgoing::Error(message)) => notices.push(protocol::error(message)),
+                Staged::Item(item) => unsent.push(item),
+                Staged::Reply(_) => {}
+            }
+        }
         let (done, wait) = crossbeam_channel::bounded(1);
         let closed = Envelope::Closed {
             conn: self.conn,
+            unsent,
             done,
         };
         if self.services.dispatcher.send(closed).is_ok() {
@@ -355,7 +366,7 @@ impl Session<'_> {
         }
         self.offline
             .finish(&self.user, &self.services.offline_claims);
-        let notices = self.save_undelivered();
+        notices.extend(self.save_undelivered());
         let (code, reason) = close_reason(&end);
         log_end(&self.link, &self.user, &end);
         if let End::Requested(CloseRequest::Replaced) = end {
@@ -366,18 +377,12 @@ impl Session<'_> {
         self.link.close(code, &reason);
     }
 
-    /// Stores every message that did not reach the socket; returns the
-    /// `ERROR` notices that were waiting (to send before a close).
+    /// Stores what the dispatcher left in the outbox for this thread (its
+    /// own offline-store duties, and messages whose sender is gone);
+    /// returns the `ERROR` notices that were waiting.
     fn save_undelivered(&mut self) -> Vec<String> {
-        let mut items: Vec<Outgoing> = self
-            .staged
-            .drain(..)
-            .filter_map(|staged| match staged {
-                Staged::Item(item) => Some(item),
-                Staged::Reply(_) => None,
-            })
-            .collect();
-        items.extend(std::iter::from_fn(|| self.outbox.next(&self.receiver)));
+        let items: Vec<Outgoing> =
+            std::iter::from_fn(|| self.outbox.next(&self.receiver)).collect();
         let mut notices = Vec::new();
         let mut saved = 0;
         for item in items {
