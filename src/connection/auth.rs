@@ -9,7 +9,7 @@
 //! committed before `LOGIN_SUCCESS`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use log::{info, warn};
@@ -27,9 +27,6 @@ use crate::store::{StoreError, UserRecord};
 
 /// Auth commands one connection may send; the next one is refused and closed.
 pub const MAX_AUTH_COMMANDS: usize = 5;
-
-/// How long the client may take to send its first command.
-const AUTH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Longest username, in characters.
 const MAX_USERNAME_CHARS: usize = 64;
@@ -68,7 +65,8 @@ pub fn authenticate(
     conn: ConnId,
     services: &Services,
 ) -> Result<Option<LoggedIn>, LinkError> {
-    link.set_read_timeout(AUTH_DEADLINE)?;
+    let timeout = services.config.auth_timeout;
+    link.set_deadline(Some(Instant::now() + timeout));
     let mut auth = Authenticator {
         link,
         conn,
@@ -95,7 +93,7 @@ pub fn authenticate(
             return Ok(None);
         }
         match auth.handle(&object)? {
-            Step::Continue => {}
+            Step::Continue => auth.link.set_deadline(Some(Instant::now() + timeout)),
             Step::Failed => return Ok(None),
             Step::LoggedIn(login) => return Ok(Some(login)),
         }

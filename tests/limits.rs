@@ -1,0 +1,149 @@
+//! Limits and liveness (issue 3, docs/limits.md): each test shows a limit
+//! holding and the server still serving others afterwards. Settings are
+//! short here so the suite stays fast.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_server::client::Client;
+use common::{user, Backend, TestServer, WAIT};
+use serde_json::json;
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not in time: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn envelope() -> serde_json::Value {
+    json!({"iv": "aXY=", "ct": "Y3Q=", "mac": "bWFj"})
+}
+
+/// A client that stops reading never answers pings: after the idle timeout
+/// its session is closed, it is shown offline, and the next message to it
+/// goes to the offline store. A client that reads (and so answers pings)
+/// stays online through the same time.
+fn silent_client_is_closed_and_its_messages_go_offline(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.ping_interval = Duration::from_millis(100);
+        config.idle_timeout = Duration::from_millis(600);
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let (bob, _) = user(&server, "bob");
+    alice.wait_user_online("bob", WAIT).expect("bob online");
+    // Bob never reads again; alice keeps reading (and answering pings).
+    let started = Instant::now();
+    alice
+        .wait_user_offline("bob", WAIT)
+        .expect("bob shown offline");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    alice
+        .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": envelope()}))
+        .unwrap();
+    wait_until("message stored", || {
+        server.store.count_offline("bob").unwrap() == 1
+    });
+    // Alice outlived several idle timeouts and is still served.
+    std::thread::sleep(Duration::from_millis(300));
+    alice.drain_events(Duration::from_millis(700)).unwrap();
+    alice.request_user_list().unwrap();
+    let users = alice.wait_user_list(WAIT).unwrap();
+    assert!(users.contains(&("alice".to_string(), true)), "{users:?}");
+    drop(bob);
+}
+
+both_stores!(silent_client_is_closed_and_its_messages_go_offline);
+
+/// Sends `bytes` one at a time, `gap` apart, until the server closes the
+/// socket; returns how long the server let it go on.
+fn trickle_until_closed(url: &str, bytes: &[u8], gap: Duration) -> Duration {
+    use std::io::{Read, Write};
+    let address = url.trim_start_matches("ws://");
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
+    let started = Instant::now();
+    for byte in bytes.iter().cycle() {
+        assert!(started.elapsed() < WAIT, "slow client never cut");
+        if socket.write_all(&[*byte]).is_err() {
+            break;
+        }
+        let mut buffer = [0u8; 512];
+        match socket.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        std::thread::sleep(gap);
+    }
+    started.elapsed()
+}
+
+/// A slowloris upgrade (a byte every 50 ms, never finished) is cut at the
+/// handshake deadline, not kept alive by each byte; others still log in.
+fn slowloris_is_cut_at_the_handshake_deadline(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.handshake_timeout = Duration::from_millis(500);
+    }) else {
+        return;
+    };
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let lasted = trickle_until_closed(&server.url, request, Duration::from_millis(50));
+    assert!(lasted >= Duration::from_millis(400), "{lasted:?}");
+    assert!(lasted < Duration::from_millis(2500), "{lasted:?}");
+    let (mut alice, _) = user(&server, "alice");
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(WAIT).unwrap();
+}
+
+both_stores!(slowloris_is_cut_at_the_handshake_deadline);
+
+/// Upgrade done but no `HANDSHAKE_START`: closed at the handshake deadline.
+/// Channel up but no auth command: closed at the auth deadline (1008).
+fn silent_clients_are_closed_at_their_deadlines(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.handshake_timeout = Duration::from_millis(300);
+        config.auth_timeout = Duration::from_millis(500);
+    }) else {
+        return;
+    };
+    let options = chat_server::client::connection::ConnectOptions::default();
+    let mut raw =
+        chat_server::client::connection::ClientConnection::connect_websocket(&server.url, &options)
+            .unwrap();
+    raw.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        match raw.read() {
+            Ok(tungstenite::Message::Close(_)) => {}
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    let lasted = started.elapsed();
+    assert!(lasted < Duration::from_millis(1200), "{lasted:?}");
+
+    let mut idle = Client::connect(&server.url).unwrap();
+    let started = Instant::now();
+    let close = idle.wait_closed(WAIT).unwrap();
+    assert_eq!(close.code, 1008, "{close:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let (mut alice, _) = user(&server, "alice");
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(WAIT).unwrap();
+}
+
+both_stores!(silent_clients_are_closed_at_their_deadlines);
