@@ -130,6 +130,12 @@ pub struct Settings {
     /// Seconds a client has for each auth command after the handshake (the first, and each next one).
     #[arg(long, env = "CHAT_AUTH_TIMEOUT_SECS", default_value = "60")]
     pub auth_timeout_secs: String,
+    /// Most client connections at once; 0: computed at start from the descriptor limit and the thread budget.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value = "0")]
+    pub max_connections: String,
+    /// Most client connections at once from one IP address.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value = "256")]
+    pub max_connections_per_address: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -212,6 +218,11 @@ pub struct Config {
     /// Deadline of each auth command, counted from the handshake or the
     /// previous answer.
     pub auth_timeout: Duration,
+    /// Most connections at once; 0: computed at start (see
+    /// [`crate::server::default_max_connections`]).
+    pub max_connections: usize,
+    /// Most connections at once from one IP address.
+    pub max_connections_per_address: usize,
 }
 
 impl Config {
@@ -274,6 +285,11 @@ impl Config {
                 &settings.handshake_timeout_secs,
             )?,
             auth_timeout: seconds("CHAT_AUTH_TIMEOUT_SECS", &settings.auth_timeout_secs)?,
+            max_connections: parse("CHAT_MAX_CONNECTIONS", &settings.max_connections)?,
+            max_connections_per_address: positive(
+                "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+                &settings.max_connections_per_address,
+            )?,
         };
         Ok(config)
     }

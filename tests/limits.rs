@@ -147,3 +147,60 @@ fn silent_clients_are_closed_at_their_deadlines(backend: Backend) {
 }
 
 both_stores!(silent_clients_are_closed_at_their_deadlines);
+
+fn active(server: &TestServer) -> usize {
+    server.handle.as_ref().unwrap().active_connections()
+}
+
+/// Total limit 3: with three sessions open the 4th and 5th sockets are
+/// refused at accept, the three still chat, and once one closes a new
+/// connection is accepted again.
+fn connections_beyond_the_total_limit_are_refused(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.max_connections = 3;
+    }) else {
+        return;
+    };
+    let mut identities = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        wait_until("registration connections closed", || active(&server) == 0);
+        identities.push(common::register(&server, name));
+    }
+    wait_until("registration connections closed", || active(&server) == 0);
+    let mut alice = common::login(&server, "alice", &identities[0]);
+    let mut bob = common::login(&server, "bob", &identities[1]);
+    let mut carol = common::login(&server, "carol", &identities[2]);
+    assert_eq!(active(&server), 3);
+    assert!(Client::connect(&server.url).is_err(), "4th accepted");
+    assert!(Client::connect(&server.url).is_err(), "5th accepted");
+    Client::pair_e2ee(&mut alice, &mut bob, WAIT).expect("peer handshake");
+    alice.send_message("bob", "still here").unwrap();
+    assert_eq!(bob.wait_message_from("alice", WAIT).unwrap(), "still here");
+    carol.close();
+    wait_until("carol's connection ended", || active(&server) == 2);
+    let mut carol = common::login(&server, "carol", &identities[2]);
+    carol.request_user_list().unwrap();
+    carol.wait_user_list(WAIT).unwrap();
+}
+
+both_stores!(connections_beyond_the_total_limit_are_refused);
+
+/// Per-address limit 2 (everything here comes from 127.0.0.1).
+fn connections_beyond_the_per_address_limit_are_refused(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.max_connections_per_address = 2;
+    }) else {
+        return;
+    };
+    let first = Client::connect(&server.url).unwrap();
+    let second = Client::connect(&server.url).unwrap();
+    assert!(Client::connect(&server.url).is_err(), "3rd accepted");
+    drop(first);
+    drop(second);
+    wait_until("connections ended", || active(&server) == 0);
+    let (mut alice, _) = user(&server, "alice");
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(WAIT).unwrap();
+}
+
+both_stores!(connections_beyond_the_per_address_limit_are_refused);
