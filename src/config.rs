@@ -136,6 +136,12 @@ pub struct Settings {
     /// Most client connections at once from one IP address.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value = "256")]
     pub max_connections_per_address: String,
+    /// Most argon2 hashes computed at once; 0: the number of CPU cores.
+    #[arg(long, env = "CHAT_ARGON2_CONCURRENCY", default_value = "0")]
+    pub argon2_concurrency: String,
+    /// Password logins/registrations that may wait for an argon2 turn; beyond, SERVER_ERROR "server busy".
+    #[arg(long, env = "CHAT_ARGON2_QUEUE", default_value = "64")]
+    pub argon2_queue: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -223,6 +229,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Most connections at once from one IP address.
     pub max_connections_per_address: usize,
+    /// Most argon2 hashes at once (0 in the settings: CPU cores).
+    pub hash_concurrency: usize,
+    /// Waiters for an argon2 turn; beyond them, "server busy".
+    pub hash_queue: usize,
 }
 
 impl Config {
@@ -290,6 +300,12 @@ impl Config {
                 "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
                 &settings.max_connections_per_address,
             )?,
+            hash_concurrency: match parse("CHAT_ARGON2_CONCURRENCY", &settings.argon2_concurrency)?
+            {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
+            hash_queue: parse("CHAT_ARGON2_QUEUE", &settings.argon2_queue)?,
         };
         Ok(config)
     }

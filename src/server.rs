@@ -24,7 +24,7 @@ use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
-use crate::password::{PasswordError, PasswordHasher};
+use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -114,7 +114,9 @@ impl ServerHandle {
             .spawn(move || dispatcher.run())
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
+        let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let services = Arc::new(Services {
+            hash_gate,
             config,
             store,
             dispatcher: dispatcher_tx.clone(),

@@ -204,3 +204,64 @@ fn connections_beyond_the_per_address_limit_are_refused(backend: Backend) {
 }
 
 both_stores!(connections_beyond_the_per_address_limit_are_refused);
+
+/// One argon2 at a time, two waiters: a burst of concurrent password logins
+/// each gets exactly one answer (success, or `SERVER_ERROR` "server busy"),
+/// none hangs, and logins work again afterwards.
+fn argon2_work_is_bounded_and_every_login_is_answered(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.hash_concurrency = 1;
+        config.hash_queue = 2;
+        config.hash.memory_kib = 4096;
+    }) else {
+        return;
+    };
+    let names: Vec<String> = (0..10).map(|n| format!("user{n}")).collect();
+    for name in &names {
+        common::register(&server, name);
+    }
+    let url = server.url.clone();
+    let replies: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    let identity = chat_server::client::identity::Identity::generate();
+                    let mut client = Client::connect(&url).unwrap();
+                    let reply = client
+                        .login_password(name, &common::password_of(name), Some(&identity))
+                        .expect("one answer in time");
+                    // Nothing else follows the answer in the auth phase.
+                    let more = client.connection().recv(Duration::from_millis(200));
+                    (
+                        reply,
+                        more.map(|m| m.map(|m| m["type"].clone())).ok().flatten(),
+                    )
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut busy = 0;
+    for (reply, more) in &replies {
+        if !reply.is_success() {
+            assert_eq!(reply.status, "SERVER_ERROR", "{reply:?}");
+            assert_eq!(reply.message.as_deref(), Some("server busy"), "{reply:?}");
+            busy += 1;
+            assert!(more.is_none(), "a second answer: {more:?}");
+        }
+    }
+    assert!(busy < names.len(), "nobody got a turn");
+    let mut client = Client::connect(&server.url).unwrap();
+    let reply = client
+        .login_password(
+            "user0",
+            &common::password_of("user0"),
+            Some(&chat_server::client::identity::Identity::generate()),
+        )
+        .unwrap();
+    assert!(reply.is_success(), "{reply:?}");
+}
+
+both_stores!(argon2_work_is_bounded_and_every_login_is_answered);

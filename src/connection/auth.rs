@@ -183,6 +183,13 @@ impl Authenticator<'_> {
             Ok(None) => {}
             Err(error) => return self.store_error(username, &error),
         }
+        let Some(_turn) = self.services.hash_gate.enter() else {
+            info!(
+                "{} {username}: registration refused, argon2 queue full",
+                self.link.peer
+            );
+            return self.server_error(messages::SERVER_BUSY);
+        };
         let hash = match self.services.passwords.hash(password) {
             Ok(hash) => hash,
             Err(error) => {
@@ -225,6 +232,13 @@ impl Authenticator<'_> {
             Ok(record) => record,
             Err(error) => return self.store_error(username, &error),
         };
+        let Some(turn) = self.services.hash_gate.enter() else {
+            info!(
+                "{} {username}: password login refused, argon2 queue full",
+                self.link.peer
+            );
+            return self.server_error(messages::SERVER_BUSY);
+        };
         let stored_hash = record.as_ref().map(|record| record.password_hash.as_str());
         let verification = self.services.passwords.verify(password, stored_hash);
         let (record, needs_rehash) = match (record, verification) {
@@ -237,6 +251,7 @@ impl Authenticator<'_> {
         if needs_rehash {
             self.rehash(&record, password);
         }
+        drop(turn);
         if let Some(key) = new_key {
             if let Err(error) = self.services.store.set_public_key(record.id, &key) {
                 return self.store_error(&record.username, &error);

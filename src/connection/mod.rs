@@ -33,7 +33,7 @@ use log::{debug, info};
 
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
-use crate::password::PasswordHasher;
+use crate::password::{HashGate, PasswordHasher};
 use crate::store::Store;
 
 use self::link::{Link, LinkError};
@@ -45,6 +45,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub dispatcher: Sender<Envelope>,
     pub passwords: PasswordHasher,
+    /// Bounds concurrent argon2 work.
+    pub hash_gate: HashGate,
     pub offline_claims: OfflineClaims,
 }
 
