@@ -265,3 +265,22 @@ fn argon2_work_is_bounded_and_every_login_is_answered(backend: Backend) {
 }
 
 both_stores!(argon2_work_is_bounded_and_every_login_is_answered);
+
+/// Registration refuses names with whitespace or control characters and
+/// passwords under 6 bytes (SERVER_ERROR, connection kept); a valid
+/// registration on the same connection then works.
+fn registration_rules_are_enforced(backend: Backend) {
+    let Some(server) = TestServer::start(backend) else {
+        return;
+    };
+    let identity = chat_server::client::identity::Identity::generate();
+    let mut client = Client::connect(&server.url).unwrap();
+    for (name, password) in [("ana maria", "long enough"), ("ana", "short")] {
+        let reply = client.register(name, password, &identity).unwrap();
+        assert_eq!(reply.status, "SERVER_ERROR", "{name}: {reply:?}");
+    }
+    let reply = client.register("ana", "long enough", &identity).unwrap();
+    assert!(reply.is_success(), "{reply:?}");
+}
+
+both_stores!(registration_rules_are_enforced);
