@@ -111,6 +111,37 @@ pub struct Settings {
     /// Presence traffic budget in bytes per second; the coalescing window grows to keep within it.
     #[arg(long, env = "CHAT_PRESENCE_BUDGET", default_value = "100000000")]
     pub presence_budget: String,
+
+    /// Seconds between WebSocket pings the server sends to a logged-in client.
+    #[arg(long, env = "CHAT_PING_INTERVAL_SECS", default_value = "30")]
+    pub ping_interval_secs: String,
+    /// Seconds without any frame or pong from a logged-in client before it is closed.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS", default_value = "600")]
+    pub idle_timeout_secs: String,
+    /// Seconds of TCP silence before the kernel sends keepalive probes.
+    #[arg(long, env = "CHAT_TCP_KEEPALIVE_SECS", default_value = "60")]
+    pub tcp_keepalive_secs: String,
+    /// Seconds sent data may stay unacknowledged before the kernel drops the connection (TCP_USER_TIMEOUT).
+    #[arg(long, env = "CHAT_TCP_USER_TIMEOUT_SECS", default_value = "120")]
+    pub tcp_user_timeout_secs: String,
+    /// Seconds a client has for the WebSocket upgrade plus HANDSHAKE_START (a deadline, not per read).
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT_SECS", default_value = "10")]
+    pub handshake_timeout_secs: String,
+    /// Seconds a client has for each auth command after the handshake (the first, and each next one).
+    #[arg(long, env = "CHAT_AUTH_TIMEOUT_SECS", default_value = "60")]
+    pub auth_timeout_secs: String,
+    /// Most client connections at once; 0: computed at start from the descriptor limit and the thread budget.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value = "0")]
+    pub max_connections: String,
+    /// Most client connections at once from one IP address.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value = "256")]
+    pub max_connections_per_address: String,
+    /// Most argon2 hashes computed at once; 0: the number of CPU cores.
+    #[arg(long, env = "CHAT_ARGON2_CONCURRENCY", default_value = "0")]
+    pub argon2_concurrency: String,
+    /// Password logins/registrations that may wait for an argon2 turn; beyond, SERVER_ERROR "server busy".
+    #[arg(long, env = "CHAT_ARGON2_QUEUE", default_value = "64")]
+    pub argon2_queue: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -180,6 +211,28 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// How long a login challenge stays valid.
     pub challenge_lifetime: Duration,
+    /// Interval of server WebSocket pings in the session loop.
+    pub ping_interval: Duration,
+    /// A session with no frame and no pong for this long is closed.
+    pub idle_timeout: Duration,
+    /// TCP keepalive idle time (probes every third of it, 3 probes).
+    pub tcp_keepalive: Duration,
+    /// `TCP_USER_TIMEOUT` of accepted sockets.
+    pub tcp_user_timeout: Duration,
+    /// Deadline of the WebSocket upgrade plus `HANDSHAKE_START`.
+    pub handshake_timeout: Duration,
+    /// Deadline of each auth command, counted from the handshake or the
+    /// previous answer.
+    pub auth_timeout: Duration,
+    /// Most connections at once; 0: computed at start (see
+    /// [`crate::server::default_max_connections`]).
+    pub max_connections: usize,
+    /// Most connections at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// Most argon2 hashes at once (0 in the settings: CPU cores).
+    pub hash_concurrency: usize,
+    /// Waiters for an argon2 turn; beyond them, "server busy".
+    pub hash_queue: usize,
 }
 
 impl Config {
@@ -230,6 +283,29 @@ impl Config {
             presence_budget: positive("CHAT_PRESENCE_BUDGET", &settings.presence_budget)?,
             ready_timeout: Duration::from_secs(5),
             challenge_lifetime: Duration::from_secs(60),
+            ping_interval: seconds("CHAT_PING_INTERVAL_SECS", &settings.ping_interval_secs)?,
+            idle_timeout: seconds("CHAT_IDLE_TIMEOUT_SECS", &settings.idle_timeout_secs)?,
+            tcp_keepalive: seconds("CHAT_TCP_KEEPALIVE_SECS", &settings.tcp_keepalive_secs)?,
+            tcp_user_timeout: seconds(
+                "CHAT_TCP_USER_TIMEOUT_SECS",
+                &settings.tcp_user_timeout_secs,
+            )?,
+            handshake_timeout: seconds(
+                "CHAT_HANDSHAKE_TIMEOUT_SECS",
+                &settings.handshake_timeout_secs,
+            )?,
+            auth_timeout: seconds("CHAT_AUTH_TIMEOUT_SECS", &settings.auth_timeout_secs)?,
+            max_connections: parse("CHAT_MAX_CONNECTIONS", &settings.max_connections)?,
+            max_connections_per_address: positive(
+                "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+                &settings.max_connections_per_address,
+            )?,
+            hash_concurrency: match parse("CHAT_ARGON2_CONCURRENCY", &settings.argon2_concurrency)?
+            {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
+            hash_queue: parse("CHAT_ARGON2_QUEUE", &settings.argon2_queue)?,
         };
         Ok(config)
     }
@@ -322,6 +398,11 @@ where
         });
     }
     Ok(value)
+}
+
+/// A positive number of seconds.
+fn seconds(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(positive::<u64>(setting, raw)?))
 }
 
 #[cfg(test)]

@@ -242,6 +242,16 @@ impl Dispatcher {
         let user = self.presence.register(&request.username, now);
         let mut pending = VecDeque::new();
         if let Some(old) = self.sessions.remove(&key) {
+            if request.challenge_issued.is_some() {
+                let old_peer = self
+                    .connections
+                    .get(&old.conn)
+                    .map_or_else(|| "?".to_owned(), |c| c.peer.to_string());
+                warn!(
+                    "{} {user}: challenge login replaces the live session from {old_peer}",
+                    request.peer
+                );
+            }
             pending = self.replace(old, &user);
         }
         self.connections.insert(

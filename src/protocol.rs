@@ -242,6 +242,10 @@ pub mod messages {
     pub const RECIPIENT_OFFLINE: &str = "recipient is offline";
     pub const PAYLOAD_TOO_LARGE: &str = "payload too large for the offline store";
     pub const ALREADY_LOGGED_IN: &str = "already logged in";
+    pub const SERVER_BUSY: &str = "server busy";
+    pub const TOO_MANY_ATTEMPTS: &str = "too many attempts";
+    pub const MAILBOX_FULL: &str = "mailbox full";
+    pub const RATE_LIMITED: &str = "rate limit exceeded";
 }
 
 #[cfg(test)]

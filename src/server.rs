@@ -8,11 +8,12 @@
 //! logged, and reported to the dispatcher as a closed connection, so it
 //! leaves no dead session behind.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
-use crate::password::{PasswordError, PasswordHasher};
+use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -113,7 +114,9 @@ impl ServerHandle {
             .spawn(move || dispatcher.run())
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
+        let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let services = Arc::new(Services {
+            hash_gate,
             config,
             store,
             dispatcher: dispatcher_tx.clone(),
@@ -122,11 +125,24 @@ impl ServerHandle {
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
+        let max_total = match services.config.max_connections {
+            0 => default_max_connections(),
+            configured => configured,
+        };
+        info!(
+            "connection limits: {max_total} in total, {} per address",
+            services.config.max_connections_per_address
+        );
         let acceptor = Acceptor {
             listener,
+            limits: Arc::new(Limits {
+                max_total,
+                max_per_address: services.config.max_connections_per_address,
+                active: active.clone(),
+                per_address: Mutex::new(HashMap::new()),
+            }),
             services,
             stopping: stopping.clone(),
-            active: active.clone(),
             next_conn: AtomicU64::new(1),
         };
         let accept_thread = thread::Builder::new()
@@ -206,8 +222,127 @@ struct Acceptor {
     listener: TcpListener,
     services: Arc<Services>,
     stopping: Arc<AtomicBool>,
-    active: Arc<AtomicUsize>,
+    limits: Arc<Limits>,
     next_conn: AtomicU64,
+}
+
+/// Connection counts, checked at accept before a thread is spawned.
+struct Limits {
+    max_total: usize,
+    max_per_address: usize,
+    active: Arc<AtomicUsize>,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0} connections open, the limit")]
+    Total(usize),
+    #[error("{0} connections open from this address, the limit")]
+    PerAddress(usize),
+}
+
+impl Limits {
+    /// Takes a slot for a connection from `address`, released on drop.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Refusal> {
+        let mut per_address = self
+            .per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let total = self.active.load(Ordering::SeqCst);
+        if total >= self.max_total {
+            return Err(Refusal::Total(total));
+        }
+        let from_address = per_address.entry(address).or_insert(0);
+        if *from_address >= self.max_per_address {
+            return Err(Refusal::PerAddress(*from_address));
+        }
+        *from_address += 1;
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Ok(Slot {
+            limits: self.clone(),
+            address,
+        })
+    }
+}
+
+/// One admitted connection; dropping it (thread end, panic or a refused
+/// spawn) frees its place.
+struct Slot {
+    limits: Arc<Limits>,
+    address: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_address = self
+            .limits
+            .per_address
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = per_address.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_address.remove(&self.address);
+            }
+        }
+        self.limits.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The default connection limit: raises the soft descriptor limit to the
+/// hard one, then takes the smaller of the descriptor budget (two per
+/// connection: socket and eventfd) and the thread budget (the smaller of
+/// `vm.max_map_count / 4`, about four mappings per thread, and
+/// `kernel.threads-max`), each less a reserve for the server itself.
+pub fn default_max_connections() -> usize {
+    const RESERVE: usize = 64;
+    let descriptors = raise_descriptor_limit();
+    let by_descriptors = descriptors.saturating_sub(RESERVE) / 2;
+    let map_count = read_proc_number("/proc/sys/vm/max_map_count").map(|maps| maps / 4);
+    let threads_max = read_proc_number("/proc/sys/kernel/threads-max");
+    let by_threads = match (map_count, threads_max) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => 16_000,
+    }
+    .saturating_sub(RESERVE);
+    let limit = by_descriptors.min(by_threads).max(1);
+    info!(
+        "default connection limit {limit}: {descriptors} descriptors allow {by_descriptors}, thread budget {by_threads}"
+    );
+    limit
+}
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the soft
+/// limit in force afterwards.
+fn raise_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the valid struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            warn!("could not raise the descriptor limit to {}", limit.rlim_max);
+        }
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+fn read_proc_number(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl Acceptor {
@@ -228,20 +363,26 @@ impl Acceptor {
         }
     }
 
+    /// Checks the connection limits, then spawns the connection's thread.
+    /// A refused socket is closed at once (dropped), with a log line.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
+        let slot = match self.limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                warn!("{peer}: connection refused at accept: {refusal}");
+                return;
+            }
+        };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let services = self.services.clone();
-        let active = self.active.clone();
-        active.fetch_add(1, Ordering::SeqCst);
         let spawned = thread::Builder::new()
             .name(format!("conn-{conn}"))
             .stack_size(CONNECTION_STACK_BYTES)
             .spawn(move || {
                 run_connection(stream, peer, conn, &services);
-                active.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
         if let Err(error) = spawned {
-            self.active.fetch_sub(1, Ordering::SeqCst);
             warn!("{peer}: connection refused, no thread: {error}");
         }
     }

@@ -56,6 +56,8 @@ pub enum ChannelError {
     BadPlaintext,
     #[error("unsolicited RENEGOTIATE_RESPONSE")]
     UnsolicitedResponse,
+    #[error("frame replayed (its HMAC tag was seen recently)")]
+    Replayed,
 }
 
 impl ChannelError {
@@ -71,7 +73,8 @@ impl ChannelError {
             ChannelError::UnexpectedHandshake { .. }
             | ChannelError::BadKey { .. }
             | ChannelError::BadMac
-            | ChannelError::UnsolicitedResponse => CLOSE_POLICY_VIOLATION,
+            | ChannelError::UnsolicitedResponse
+            | ChannelError::Replayed => CLOSE_POLICY_VIOLATION,
         }
     }
 }

@@ -9,7 +9,36 @@ use super::messages::{self, decode_field, is_immediate, message_type, Object, Of
 use super::renewal::{deadline_after, RenewalPolicy, Schedule};
 use super::ChannelError;
 use crate::crypto::KeyPair;
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
+
+/// HMAC tags of verified inbound frames remembered per connection; a frame
+/// repeating one of them is a replay and is refused.
+pub const REPLAY_WINDOW: usize = 4096;
+
+/// The last [`REPLAY_WINDOW`] tags, oldest first, with a set for lookups.
+#[derive(Debug, Default)]
+struct SeenTags {
+    order: VecDeque<Vec<u8>>,
+    set: HashSet<Vec<u8>>,
+}
+
+impl SeenTags {
+    /// Records `tag`; false if it was already there.
+    fn insert(&mut self, tag: &[u8]) -> bool {
+        if self.set.contains(tag) {
+            return false;
+        }
+        if self.order.len() >= REPLAY_WINDOW {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+        self.order.push_back(tag.to_vec());
+        self.set.insert(tag.to_vec());
+        true
+    }
+}
 
 /// What an inbound frame turned out to be.
 #[derive(Debug, PartialEq)]
@@ -32,6 +61,7 @@ pub struct ServerChannel {
     /// Output is held until then, or until a frame under the new keys.
     hold_until: Option<Instant>,
     renewals: u64,
+    seen: SeenTags,
 }
 
 impl ServerChannel {
@@ -60,6 +90,7 @@ impl ServerChannel {
             request: None,
             hold_until: None,
             renewals: 0,
+            seen: SeenTags::default(),
         };
         Ok((channel, messages::handshake_response(&pair.public_bytes())))
     }
@@ -77,6 +108,9 @@ impl ServerChannel {
         let frame = Frame::parse(frame)?;
         let awaiting = self.keys.awaiting_peer();
         let (plaintext, slot) = self.keys.open(&frame)?;
+        if !self.seen.insert(&frame.tag) {
+            return Err(ChannelError::Replayed);
+        }
         if awaiting && slot == Slot::Newest {
             self.hold_until = None;
         }
@@ -215,6 +249,7 @@ impl ServerChannel {
             request: None,
             hold_until: None,
             renewals: 0,
+            seen: SeenTags::default(),
         }
     }
 
@@ -231,5 +266,44 @@ impl ServerChannel {
     #[cfg(test)]
     pub(crate) fn sending_keys(&self) -> &crate::crypto::SymmetricKeys {
         self.keys.sending()
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use crate::crypto::SymmetricKeys;
+
+    fn keys() -> SymmetricKeys {
+        SymmetricKeys::derive(&[7u8; 32], &[9u8; 32], b"replay test")
+    }
+
+    fn client_frame(plaintext: &str) -> String {
+        Frame::seal(&keys(), plaintext.as_bytes())
+    }
+
+    #[test]
+    fn a_repeated_frame_is_refused() {
+        let now = Instant::now();
+        let mut server = ServerChannel::from_keys(keys(), RenewalPolicy::default(), now);
+        let frame = client_frame(r#"{"type":"REQUEST_USER_LIST"}"#);
+        assert!(matches!(server.open(&frame, now), Ok(Inbound::Command(_))));
+        let error = server.open(&frame, now).unwrap_err();
+        assert!(matches!(error, ChannelError::Replayed));
+        assert_eq!(error.close_code(), 1008);
+        let fresh = client_frame(r#"{"type":"REQUEST_USER_LIST"}"#);
+        assert!(server.open(&fresh, now).is_ok());
+    }
+
+    #[test]
+    fn the_window_is_bounded() {
+        let mut seen = SeenTags::default();
+        for n in 0..(REPLAY_WINDOW + 10) as u32 {
+            assert!(seen.insert(&n.to_be_bytes()));
+        }
+        assert_eq!(seen.order.len(), REPLAY_WINDOW);
+        assert_eq!(seen.set.len(), REPLAY_WINDOW);
+        assert!(seen.insert(&0u32.to_be_bytes()), "oldest forgotten");
+        assert!(!seen.insert(&20u32.to_be_bytes()), "recent remembered");
     }
 }

@@ -9,7 +9,7 @@
 //! committed before `LOGIN_SUCCESS`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use log::{info, warn};
@@ -28,11 +28,12 @@ use crate::store::{StoreError, UserRecord};
 /// Auth commands one connection may send; the next one is refused and closed.
 pub const MAX_AUTH_COMMANDS: usize = 5;
 
-/// How long the client may take to send its first command.
-const AUTH_DEADLINE: Duration = Duration::from_secs(60);
-
 /// Longest username, in characters.
 const MAX_USERNAME_CHARS: usize = 64;
+
+/// Shortest password of a new registration, in bytes (logins of existing
+/// accounts are not checked against it).
+const MIN_PASSWORD_BYTES: usize = 6;
 
 /// Longest password, in bytes (bounds the argon2 input).
 const MAX_PASSWORD_BYTES: usize = 1024;
@@ -68,7 +69,8 @@ pub fn authenticate(
     conn: ConnId,
     services: &Services,
 ) -> Result<Option<LoggedIn>, LinkError> {
-    link.set_read_timeout(AUTH_DEADLINE)?;
+    let timeout = services.config.auth_timeout;
+    link.set_deadline(Some(Instant::now() + timeout));
     let mut auth = Authenticator {
         link,
         conn,
@@ -95,7 +97,7 @@ pub fn authenticate(
             return Ok(None);
         }
         match auth.handle(&object)? {
-            Step::Continue => {}
+            Step::Continue => auth.link.set_deadline(Some(Instant::now() + timeout)),
             Step::Failed => return Ok(None),
             Step::LoggedIn(login) => return Ok(Some(login)),
         }
@@ -173,8 +175,8 @@ impl Authenticator<'_> {
         if let Err(reason) = validate_username(username) {
             return self.server_error(reason);
         }
-        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
-            return self.server_error("password must be 1 to 1024 bytes");
+        if password.len() < MIN_PASSWORD_BYTES || password.len() > MAX_PASSWORD_BYTES {
+            return self.server_error("password must be 6 to 1024 bytes");
         }
         let Some(public_key) = normalized_identity_key(public_key) else {
             return self.server_error("public_key must be a base64 Ed25519 public key");
@@ -185,6 +187,13 @@ impl Authenticator<'_> {
             Ok(None) => {}
             Err(error) => return self.store_error(username, &error),
         }
+        let Some(_turn) = self.services.hash_gate.enter() else {
+            info!(
+                "{} {username}: registration refused, argon2 queue full",
+                self.link.peer
+            );
+            return self.server_error(messages::SERVER_BUSY);
+        };
         let hash = match self.services.passwords.hash(password) {
             Ok(hash) => hash,
             Err(error) => {
@@ -227,6 +236,13 @@ impl Authenticator<'_> {
             Ok(record) => record,
             Err(error) => return self.store_error(username, &error),
         };
+        let Some(turn) = self.services.hash_gate.enter() else {
+            info!(
+                "{} {username}: password login refused, argon2 queue full",
+                self.link.peer
+            );
+            return self.server_error(messages::SERVER_BUSY);
+        };
         let stored_hash = record.as_ref().map(|record| record.password_hash.as_str());
         let verification = self.services.passwords.verify(password, stored_hash);
         let (record, needs_rehash) = match (record, verification) {
@@ -239,6 +255,7 @@ impl Authenticator<'_> {
         if needs_rehash {
             self.rehash(&record, password);
         }
+        drop(turn);
         if let Some(key) = new_key {
             if let Err(error) = self.services.store.set_public_key(record.id, &key) {
                 return self.store_error(&record.username, &error);
@@ -363,8 +380,8 @@ pub fn validate_username(name: &str) -> Result<(), &'static str> {
     if name.chars().count() > MAX_USERNAME_CHARS {
         return Err("username must be at most 64 characters");
     }
-    if name.trim() != name {
-        return Err("username must not start or end with whitespace");
+    if name.chars().any(char::is_whitespace) {
+        return Err("username must not contain whitespace");
     }
     if name.chars().any(char::is_control) {
         return Err("username must not contain control characters");
@@ -396,7 +413,8 @@ mod tests {
     #[test]
     fn username_rules() {
         assert!(validate_username("ana").is_ok());
-        assert!(validate_username("Ana Maria").is_ok());
+        assert!(validate_username("Ana Maria").is_err());
+        assert!(validate_username("ana\u{a0}maria").is_err());
         assert!(validate_username(&"é".repeat(64)).is_ok());
         assert!(validate_username("").is_err());
         assert!(validate_username(" ana").is_err());

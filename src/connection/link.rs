@@ -7,7 +7,7 @@
 //! client; it becomes non-blocking in the session loop, which also waits for
 //! the dispatcher's wake-ups.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -23,9 +23,6 @@ use crate::waker::Waker;
 /// session loop flushes after each batch anyway.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// How long the upgrade plus `HANDSHAKE_START` may take.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-
 /// How long a best-effort close may block.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -38,6 +35,8 @@ pub enum LinkError {
     Closed,
     #[error("timed out")]
     TimedOut,
+    #[error("no frame and no pong within the idle timeout")]
+    Idle,
     #[error("socket error: {0}")]
     Io(io::Error),
     #[error("{reason}")]
@@ -57,6 +56,7 @@ impl LinkError {
         match self {
             LinkError::Violation { code, .. } => Some(*code),
             LinkError::TimedOut => Some(1008),
+            LinkError::Idle => Some(1001),
             _ => None,
         }
     }
@@ -95,6 +95,64 @@ impl LinkError {
     }
 }
 
+/// The client's socket with an optional deadline: while one is set, every
+/// read and write may only block until it, and fails with `TimedOut` once
+/// it has passed. So a client trickling a byte at a time (slowloris) cannot
+/// stretch the upgrade, the handshake or an auth command past its deadline,
+/// as a per-read timeout would let it.
+pub struct Socket {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Socket {
+    fn left(&self) -> io::Result<Option<Duration>> {
+        match self.deadline {
+            None => Ok(None),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Err(io::ErrorKind::TimedOut.into())
+                } else {
+                    Ok(Some(left))
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, error: io::Error) -> io::Error {
+        if self.deadline.is_some() && error.kind() == io::ErrorKind::WouldBlock {
+            io::ErrorKind::TimedOut.into()
+        } else {
+            error
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf).map_err(|error| self.timed_out(error))
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.stream.set_write_timeout(Some(left))?;
+        }
+        self.stream
+            .write(buf)
+            .map_err(|error| self.timed_out(error))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// What `poll` reported.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Readiness {
@@ -104,38 +162,51 @@ pub struct Readiness {
 
 /// One client's WebSocket and secure channel.
 pub struct Link {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Socket>,
     channel: ServerChannel,
     pub peer: SocketAddr,
+    /// When the client last sent any frame (pongs included).
+    last_heard: Instant,
 }
 
 impl Link {
     /// Upgrades `stream` to a WebSocket and runs the channel handshake. Both
-    /// must finish within the handshake deadline.
+    /// must finish within `handshake_timeout` (a deadline for the whole, not
+    /// per read).
     pub fn accept(
         stream: TcpStream,
         peer: SocketAddr,
         max_message_bytes: usize,
         renewal: RenewalPolicy,
+        handshake_timeout: Duration,
     ) -> Result<Link, LinkError> {
-        let deadline = Instant::now() + HANDSHAKE_DEADLINE;
         stream.set_nodelay(true).map_err(LinkError::Io)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE_DEADLINE))
-            .map_err(LinkError::Io)?;
-        stream
-            .set_write_timeout(Some(HANDSHAKE_DEADLINE))
-            .map_err(LinkError::Io)?;
+        let stream = Socket {
+            stream,
+            deadline: Some(Instant::now() + handshake_timeout),
+        };
         let config = WebSocketConfig {
             write_buffer_size: WRITE_BUFFER_BYTES,
             max_message_size: Some(max_message_bytes),
             max_frame_size: Some(max_message_bytes),
             ..WebSocketConfig::default()
         };
-        let mut ws = tungstenite::accept_with_config(stream, Some(config))
-            .map_err(|error| LinkError::violation(1002, format!("upgrade failed: {error}")))?;
-        match handshake(&mut ws, deadline, renewal) {
-            Ok(channel) => Ok(Link { ws, channel, peer }),
+        let mut ws =
+            tungstenite::accept_with_config(stream, Some(config)).map_err(|error| match error {
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Io(io))
+                    if io.kind() == io::ErrorKind::TimedOut =>
+                {
+                    LinkError::TimedOut
+                }
+                error => LinkError::violation(1002, format!("upgrade failed: {error}")),
+            })?;
+        match handshake(&mut ws, renewal) {
+            Ok(channel) => Ok(Link {
+                ws,
+                channel,
+                peer,
+                last_heard: Instant::now(),
+            }),
             Err(error) => {
                 close_websocket(&mut ws, error.close_code(), &error.to_string());
                 Err(error)
@@ -146,7 +217,9 @@ impl Link {
     /// Reads one WebSocket message. `Ok(None)` for pings and pongs, which
     /// tungstenite answers by itself.
     pub fn read(&mut self) -> Result<Option<Inbound>, LinkError> {
-        match self.ws.read()? {
+        let message = self.ws.read()?;
+        self.last_heard = Instant::now();
+        match message {
             Message::Text(text) => Ok(Some(self.channel.open(&text, Instant::now())?)),
             Message::Binary(_) => Err(LinkError::violation(1002, "binary frames are not allowed")),
             Message::Close(_) => Err(LinkError::Closed),
@@ -165,6 +238,22 @@ impl Link {
             open &= self.write(request)?;
         }
         Ok(open)
+    }
+
+    /// When the client last sent a frame or a pong.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    /// Queues a WebSocket ping (liveness, PROTOCOL.md section 7).
+    pub fn send_ping(&mut self) -> Result<bool, LinkError> {
+        match self.ws.write(Message::Ping(Vec::new())) {
+            Ok(()) => Ok(true),
+            Err(error) => match LinkError::from(error) {
+                LinkError::WouldBlock => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 
     /// Queues an already sealed frame (channel control replies).
@@ -231,12 +320,10 @@ impl Link {
         self.channel.renewals_completed()
     }
 
-    /// Sets the blocking read timeout (authentication phase).
-    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), LinkError> {
-        self.ws
-            .get_ref()
-            .set_read_timeout(Some(timeout))
-            .map_err(LinkError::Io)
+    /// Sets the deadline of blocking reads and writes (authentication
+    /// phase): past it they fail with [`LinkError::TimedOut`].
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.ws.get_mut().deadline = deadline;
     }
 
     /// Switches to the session loop: non-blocking socket, full message size.
@@ -245,8 +332,10 @@ impl Link {
             config.max_message_size = Some(max_message_bytes);
             config.max_frame_size = Some(max_message_bytes);
         });
+        self.ws.get_mut().deadline = None;
         self.ws
             .get_ref()
+            .stream
             .set_nonblocking(true)
             .map_err(LinkError::Io)
     }
@@ -255,7 +344,7 @@ impl Link {
     /// right before a login becomes a session.
     pub fn peer_gone(&self) -> bool {
         let mut byte = [0u8; 1];
-        let socket = self.ws.get_ref();
+        let socket = &self.ws.get_ref().stream;
         if socket.set_nonblocking(true).is_err() {
             return true;
         }
@@ -281,7 +370,7 @@ impl Link {
         }
         let mut fds = [
             libc::pollfd {
-                fd: self.ws.get_ref().as_raw_fd(),
+                fd: self.ws.get_ref().stream.as_raw_fd(),
                 events: socket_events,
                 revents: 0,
             },
@@ -318,13 +407,12 @@ impl Link {
     }
 }
 
-/// Reads `HANDSHAKE_START` before `deadline` and answers it.
+/// Reads `HANDSHAKE_START` (the socket's deadline bounds it) and answers it.
 fn handshake(
-    ws: &mut WebSocket<TcpStream>,
-    deadline: Instant,
+    ws: &mut WebSocket<Socket>,
     renewal: RenewalPolicy,
 ) -> Result<ServerChannel, LinkError> {
-    let first = read_text_before(ws, deadline)?;
+    let first = read_first_text(ws)?;
     let (channel, response) = ServerChannel::accept_handshake(&first, renewal, Instant::now())?;
     ws.send(Message::Text(response))?;
     Ok(channel)
@@ -332,8 +420,9 @@ fn handshake(
 
 /// Sends a close frame with `code` if given (best effort, bounded in time),
 /// then shuts the socket down.
-fn close_websocket(ws: &mut WebSocket<TcpStream>, code: Option<u16>, reason: &str) {
-    let socket = ws.get_ref();
+fn close_websocket(ws: &mut WebSocket<Socket>, code: Option<u16>, reason: &str) {
+    ws.get_mut().deadline = Some(Instant::now() + CLOSE_DEADLINE);
+    let socket = &ws.get_ref().stream;
     let _ = socket.set_nonblocking(false);
     let _ = socket.set_write_timeout(Some(CLOSE_DEADLINE));
     if let Some(code) = code {
@@ -345,7 +434,7 @@ fn close_websocket(ws: &mut WebSocket<TcpStream>, code: Option<u16>, reason: &st
         let _ = ws.close(Some(frame));
     }
     let _ = ws.flush();
-    let _ = ws.get_ref().shutdown(Shutdown::Both);
+    let _ = ws.get_ref().stream.shutdown(Shutdown::Both);
 }
 
 /// The longest prefix of `text` of at most `max` bytes, on a char boundary.
@@ -357,16 +446,9 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Reads until the first text message, or fails at `deadline`.
-fn read_text_before(ws: &mut WebSocket<TcpStream>, deadline: Instant) -> Result<String, LinkError> {
+/// Reads until the first text message; the socket's deadline bounds it.
+fn read_first_text(ws: &mut WebSocket<Socket>) -> Result<String, LinkError> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(LinkError::TimedOut);
-        }
-        ws.get_ref()
-            .set_read_timeout(Some(left))
-            .map_err(LinkError::Io)?;
         match ws.read() {
             Ok(Message::Text(text)) => return Ok(text),
             Ok(Message::Binary(_)) => {

@@ -15,7 +15,8 @@
 //! descriptors: the socket and an eventfd [`crate::waker::Waker`] that the
 //! dispatcher signals after pushing into the connection's outbox. So a routed
 //! message is written as soon as it arrives (no timer tick), an idle
-//! connection sleeps without a timeout (only the channel's renewal timer), one
+//! connection sleeps until its next deadline (the channel's renewal timer,
+//! the next WebSocket ping, or the idle timeout: deadlines, not a tick), one
 //! thread serves both directions, and tungstenite's own pongs and close
 //! replies go through the same single writer.
 
@@ -32,7 +33,7 @@ use log::{debug, info};
 
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
-use crate::password::PasswordHasher;
+use crate::password::{HashGate, PasswordHasher};
 use crate::store::Store;
 
 use self::link::{Link, LinkError};
@@ -44,6 +45,8 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub dispatcher: Sender<Envelope>,
     pub passwords: PasswordHasher,
+    /// Bounds concurrent argon2 work.
+    pub hash_gate: HashGate,
     pub offline_claims: OfflineClaims,
 }
 
@@ -52,11 +55,15 @@ pub struct Services {
 pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Services) {
     info!("{peer}: connected");
     let config = &services.config;
+    if let Err(error) = tune_socket(&stream, config) {
+        info!("{peer}: socket options not set: {error}");
+    }
     let mut link = match Link::accept(
         stream,
         peer,
         config.max_auth_message_bytes,
         config.renewal.clone(),
+        config.handshake_timeout,
     ) {
         Ok(link) => link,
         Err(error) => {
@@ -69,6 +76,19 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
         Ok(None) => link.close(Some(1000), "authentication ended"),
         Err(error) => end_before_login(link, &error),
     }
+}
+
+/// Kernel-level liveness (PROTOCOL.md section 7): TCP keepalive probes and
+/// `TCP_USER_TIMEOUT`, so a vanished peer is noticed even when idle.
+fn tune_socket(stream: &TcpStream, config: &Config) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    let interval = (config.tcp_keepalive / 3).max(std::time::Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(config.tcp_keepalive)
+        .with_interval(interval)
+        .with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(config.tcp_user_timeout))
 }
 
 fn end_before_login(link: Link, error: &LinkError) {

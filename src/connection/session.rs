@@ -67,6 +67,8 @@ struct Session<'a> {
     write_blocked: bool,
     /// Frames were queued in tungstenite since the last flush.
     unflushed: bool,
+    /// When the next WebSocket ping is due.
+    next_ping: Instant,
 }
 
 /// Runs a logged-in connection until it ends, then cleans up.
@@ -82,6 +84,7 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
         offline: OfflineDelivery::default(),
         write_blocked: false,
         unflushed: false,
+        next_ping: Instant::now() + services.config.ping_interval,
     };
     let end = session.serve();
     session.finish(end);
@@ -109,6 +112,10 @@ impl Session<'_> {
             if let Err(error) = self.poll_channel() {
                 return End::Link(error);
             }
+            let liveness_deadline = match self.liveness() {
+                Ok(deadline) => deadline,
+                Err(error) => return End::Link(error),
+            };
             let more_to_write = match self.write_pending() {
                 Ok(more) => more,
                 Err(error) => return End::Link(error),
@@ -116,9 +123,11 @@ impl Session<'_> {
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
-                self.link
+                let deadline = self
+                    .link
                     .channel_deadline()
-                    .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+                    .map_or(liveness_deadline, |channel| channel.min(liveness_deadline));
+                Some(deadline.saturating_duration_since(Instant::now()))
             };
             match self
                 .link
@@ -143,6 +152,25 @@ impl Session<'_> {
             self.write_blocked |= !open;
         }
         Ok(())
+    }
+
+    /// Closes a silent client (no frame and no pong for the idle timeout) and
+    /// queues a ping when one is due. Returns the next liveness deadline.
+    fn liveness(&mut self) -> Result<Instant, LinkError> {
+        let config = &self.services.config;
+        let now = Instant::now();
+        let silent_until = self.link.last_heard() + config.idle_timeout;
+        if now >= silent_until {
+            return Err(LinkError::Idle);
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + config.ping_interval;
+            self.unflushed = true;
+            if !self.link.send_ping()? {
+                self.write_blocked = true;
+            }
+        }
+        Ok(self.next_ping.min(silent_until))
     }
 
     /// Reads and handles frames until the socket has no more (false) or the
