@@ -85,10 +85,6 @@ impl Tmux {
     fn wait_for(&self, needle: &str) -> String {
         self.wait(needle, |p| p.contains(needle))
     }
-
-    fn alive(&self) -> bool {
-        self.cmd(&["has-session", "-t", "chat"]).status.success()
-    }
 }
 
 impl Drop for Tmux {
@@ -116,8 +112,10 @@ fn interactive_chat_in_a_terminal() {
     );
     carol.wait_user_online("bob", WAIT).expect("bob listens");
 
+    // After the client: its exit code and the terminal mode it left.
     let command = format!(
-        "env -u CHAT_CLIENT_URL TZ=UTC {} --url {url} --config-dir {}",
+        "sh -c 'env -u CHAT_CLIENT_URL {} --url {url} --config-dir {}; \
+         echo exit=$?; stty -a; exec sleep 60'",
         env!("CARGO_BIN_EXE_chat_client"),
         a.path().display()
     );
@@ -165,13 +163,19 @@ fn interactive_chat_in_a_terminal() {
         tmux.key("BSpace");
     }
     assert!(!carol.wait_typing_from("alice", WAIT).expect("typing stops"));
+    // Carol types back: the prompt says so.
+    carol.typing("alice", true).expect("typing");
+    tmux.wait(r#"the prompt "(carol typing...)""#, |p| {
+        prompt_line(p).starts_with("(carol typing...) to carol>")
+    });
     tmux.line("/who");
-    tmux.wait_for("(you)");
+    tmux.wait("a second user list", |p| p.matches("(you)").count() == 2);
+    assert!(tmux.pane().contains("online   carol  typing..."));
 
     tmux.line("/quit");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tmux.alive() {
-        assert!(Instant::now() < deadline, "chat_client did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pane = tmux.wait_for("exit=0");
+    assert!(
+        pane.contains("icanon") && !pane.contains("-icanon") && !pane.contains("-isig"),
+        "terminal mode not restored:\n{pane}"
+    );
 }

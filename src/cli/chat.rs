@@ -214,7 +214,7 @@ impl Chat {
         self.say(&format!("* talking to {} ({state})", clean(&peer)));
         let idle = self
             .session_with(&peer)
-            .map_or(true, |s| !s.is_ready() && !s.in_progress());
+            .is_none_or(|s| !s.is_ready() && !s.in_progress());
         if online && idle {
             self.session.client.start_e2ee(&peer)?;
         }

@@ -43,11 +43,11 @@ impl Screen {
     /// Prints `text` (one or more lines) above the prompt.
     pub fn line(&mut self, text: &str) {
         let mut out = std::io::stdout().lock();
-        let text = text.replace('\n', "\r\n");
         if self.terminal {
+            let text = text.replace('\n', "\r\n");
             let _ = write!(out, "\r\x1b[K{text}\r\n{}", self.prompt_line());
         } else {
-            let _ = write!(out, "{text}\n");
+            let _ = writeln!(out, "{text}");
         }
         let _ = out.flush();
     }

@@ -68,19 +68,20 @@ fn send_failure(peer: &str, e: ClientError) -> Failure {
     }
 }
 
-/// Waits until the server has handled everything sent (it answers a user
-/// list request in order); an `ERROR` meanwhile is the command's failure.
-/// Messages that arrive meanwhile are printed, not lost.
+/// Waits until the server has handled everything sent: it answers our own
+/// `GET_PUBLIC_KEY` in order, and nothing else looks like that answer. An
+/// `ERROR` meanwhile is the command's failure. Messages that arrive
+/// meanwhile are printed, not lost.
 fn confirm(session: &mut Session) -> CliResult<()> {
+    let me = session.name.to_lowercase();
     let client = &mut session.client;
-    client.request_user_list()?;
+    client.get_public_key(&session.name)?;
     let mut error = None;
     loop {
-        match client.wait_for(WAIT, |e| {
-            matches!(
-                e,
-                Event::UserList(_) | Event::Error(_) | Event::Message { .. }
-            )
+        match client.wait_for(WAIT, |e| match e {
+            Event::PublicKey { username, .. } => username.to_lowercase() == me,
+            Event::Error(_) | Event::Message { .. } => true,
+            _ => false,
         })? {
             Event::Error(m) => error = Some(m),
             Event::Message { from, text } => print_message(&from, &text, false),
@@ -103,7 +104,7 @@ pub fn recv(
     session.client.open_home()?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut got = 0u64;
-    while count.map_or(true, |c| got < c) {
+    while count.is_none_or(|c| got < c) {
         let step = match deadline {
             Some(d) if Instant::now() >= d => break,
             Some(d) => d.saturating_duration_since(Instant::now()).min(WAIT),
