@@ -1,7 +1,8 @@
 //! The interactive mode of `chat_client` in a real terminal, driven through
 //! tmux: log in, `/to` a partner, send a line, see a reply from a scripted
 //! `chat_client send` arrive above the prompt while a partial line stays
-//! intact, typing notices while the user types, `/quit`.
+//! intact, typing notices both ways, `/who`, `/quit` restoring the terminal;
+//! and a password prompt that does not echo.
 
 mod cli_support;
 mod common;
@@ -20,9 +21,9 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(width: u16, height: u16, command: &str) -> Tmux {
+    fn start(tag: &str, width: u16, height: u16, command: &str) -> Tmux {
         let tmux = Tmux {
-            socket: format!("chat_client_test_{}", std::process::id()),
+            socket: format!("chat_client_test_{tag}_{}", std::process::id()),
         };
         let (w, h) = (width.to_string(), height.to_string());
         let args = [
@@ -119,7 +120,7 @@ fn interactive_chat_in_a_terminal() {
         env!("CARGO_BIN_EXE_chat_client"),
         a.path().display()
     );
-    let tmux = Tmux::start(120, 40, &command);
+    let tmux = Tmux::start("chat", 120, 40, &command);
     tmux.wait_for("logged in as alice");
     tmux.wait_for("online   bob");
     tmux.line("/to bob");
@@ -178,4 +179,28 @@ fn interactive_chat_in_a_terminal() {
         pane.contains("icanon") && !pane.contains("-icanon") && !pane.contains("-isig"),
         "terminal mode not restored:\n{pane}"
     );
+}
+
+#[test]
+fn password_prompt_does_not_echo() {
+    let server = TestServer::start(Backend::Sqlite).expect("server");
+    let dir = TempDir::new("tmux_zed");
+    let command = format!(
+        "sh -c 'env -u CHAT_CLIENT_URL {} --url {} --config-dir {} register zed; \\
+         echo exit=$?; exec sleep 60'",
+        env!("CARGO_BIN_EXE_chat_client"),
+        server.url,
+        dir.path().display()
+    );
+    let tmux = Tmux::start("password", 120, 40, &command);
+    tmux.wait_for("Password:");
+    tmux.line("s3cret-pw");
+    tmux.wait_for("Repeat password:");
+    tmux.line("s3cret-pw");
+    let pane = tmux.wait_for("exit=0");
+    assert!(pane.contains("Registered zed"), "{pane}");
+    assert!(!pane.contains("s3cret"), "the password was echoed:\n{pane}");
+    // The account works: the saved key logs in.
+    let out = run(cli(&server.url, &dir, &["recv", "--timeout", "0.2"]), "");
+    expect_code(&out, 0);
 }
