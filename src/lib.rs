@@ -11,6 +11,7 @@
 //! protocol from the other side, for tests, tools and benchmarks.
 
 pub mod channel;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -33,6 +33,10 @@ use serde_json::{json, Value};
 use super::identity::Identity;
 use crate::crypto::{b64_decode, b64_encode, random_bytes, verify_ed25519, KeyPair, SymmetricKeys};
 
+mod saved;
+use saved::KeyMaterial;
+pub use saved::SavedPeers;
+
 /// HKDF info of the peer layer.
 pub const E2EE_INFO: &[u8] = b"E2EE_CHAT";
 /// What our clients prepend to a peer's nonce before signing it.
@@ -200,6 +204,9 @@ pub struct PeerSession {
     authenticated: bool,
     /// The last authenticated keys before `keys` (still accepted inbound).
     previous: Option<SymmetricKeys>,
+    /// What `keys` and `previous` were derived from (to save them).
+    material: Option<KeyMaterial>,
+    previous_material: Option<KeyMaterial>,
     peer_identity: Option<Vec<u8>>,
     /// Our messages waiting for an authenticated key.
     outbox: Vec<String>,
@@ -228,6 +235,8 @@ impl PeerSession {
             keys: None,
             authenticated: false,
             previous: None,
+            material: None,
+            previous_material: None,
             peer_identity: None,
             outbox: Vec::new(),
             held: Vec::new(),
@@ -291,10 +300,12 @@ impl PeerSession {
         }]
     }
 
-    fn install_keys(&mut self, keys: SymmetricKeys) {
-        let old = self.keys.replace(keys);
+    fn install_keys(&mut self, material: KeyMaterial) {
+        let old = self.keys.replace(material.derive());
+        let old_material = self.material.replace(material);
         if self.authenticated {
             self.previous = old;
+            self.previous_material = old_material;
         }
         self.authenticated = false;
         self.sent_count = 0;
@@ -354,7 +365,7 @@ impl PeerSession {
                 let salt = b64_field(payload, "salt")?;
                 let keypair = KeyPair::generate();
                 let shared = keypair.agree(&peer_key).map_err(|_| E2eeError::BadKey)?;
-                self.install_keys(SymmetricKeys::derive(&shared, &salt, E2EE_INFO));
+                self.install_keys(KeyMaterial::new(shared, salt));
                 self.handshake_since = Instant::now();
                 self.peer_identity = None;
                 let nonce_a = random_bytes::<32>();
@@ -376,8 +387,7 @@ impl PeerSession {
                 };
                 let peer_key = b64_field(payload, "public_key")?;
                 let shared = keypair.agree(&peer_key).map_err(|_| E2eeError::BadKey)?;
-                let keys = SymmetricKeys::derive(&shared, salt, E2EE_INFO);
-                self.install_keys(keys);
+                self.install_keys(KeyMaterial::new(shared, salt.to_vec()));
                 self.phase = Phase::AwaitChallenge;
                 Ok(Vec::new())
             }

@@ -22,7 +22,7 @@ pub use crate::channel::ClientRenewalMode;
 /// Short name of [`ClientRenewalMode`].
 pub use crate::channel::ClientRenewalMode as RenewalMode;
 pub use connection::{ClientConnection, CloseInfo, Command, ConnectOptions, WsUrl};
-pub use e2ee::{E2eeError, PeerAction, PeerSession, PeerSessions, RekeyPolicy};
+pub use e2ee::{E2eeError, PeerAction, PeerSession, PeerSessions, RekeyPolicy, SavedPeers};
 pub use error::{ClientError, Result};
 pub use identity::Identity;
 
@@ -186,6 +186,18 @@ impl Client {
     /// The peer sessions (once logged in with an identity).
     pub fn peers(&self) -> Option<&PeerSessions> {
         self.peers.as_ref()
+    }
+
+    /// The authenticated peer sessions, to keep until the next run (`None`
+    /// before a login with an identity).
+    pub fn save_peers(&self) -> Option<SavedPeers> {
+        self.peers.as_ref().map(PeerSessions::save)
+    }
+
+    /// Restores peer sessions saved by [`Client::save_peers`] (call it after
+    /// the login). Returns how many were restored.
+    pub fn restore_peers(&mut self, saved: &SavedPeers) -> Result<usize> {
+        Ok(self.peers_mut()?.restore(saved)?)
     }
 
     /// The last user list received (`None` before the first).
