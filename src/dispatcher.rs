@@ -328,7 +328,9 @@ impl Dispatcher {
             payload,
         } = item
         else {
-            if matches!(item, Outgoing::StoreOffline { .. }) {
+            // Its own offline-store duties and its last notices (e.g.
+            // "logged in elsewhere") stay with the closing connection.
+            if matches!(item, Outgoing::StoreOffline { .. } | Outgoing::Error(_)) {
                 closed.outbox.push_final(item);
             }
             return;

@@ -80,7 +80,10 @@ fn seed_users_log_in_and_get_their_offline_messages() {
     // Deleted once written to the socket (just after we read it).
     let deadline = std::time::Instant::now() + WAIT;
     while mysql.query_first::<u64>("SELECT COUNT(*) FROM mensagens_offline") != Some(0) {
-        assert!(std::time::Instant::now() < deadline, "not deleted once delivered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not deleted once delivered"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
