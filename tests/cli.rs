@@ -127,7 +127,7 @@ fn exit_codes_say_what_happened() {
     // The name is taken; a wrong password.
     let out = run(
         cli(url, &dir, &["register", "erin", "--password-stdin"]),
-        "pw\n",
+        "wrong password\n",
     );
     expect_code(&out, 3);
     assert!(one_line(&out).contains("taken"));
@@ -159,7 +159,7 @@ fn exit_codes_say_what_happened() {
     let dead = "ws://127.0.0.1:1";
     let out = run(
         cli(dead, &dir, &["register", "x", "--password-stdin"]),
-        "pw\n",
+        "wrong password\n",
     );
     expect_code(&out, 4);
     assert!(one_line(&out).contains("cannot connect"));
