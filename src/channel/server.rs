@@ -83,15 +83,7 @@ impl ServerChannel {
         let pair = KeyPair::generate();
         let keys =
             messages::derive_channel_keys(&pair, &client_public, &salt, messages::HANDSHAKE_START)?;
-        let channel = ServerChannel {
-            keys: KeyRing::new(keys),
-            schedule: Schedule::new(&policy, now),
-            policy,
-            request: None,
-            hold_until: None,
-            renewals: 0,
-            seen: SeenTags::default(),
-        };
+        let channel = ServerChannel::from_keys(keys, policy, now);
         Ok((channel, messages::handshake_response(&pair.public_bytes())))
     }
 
@@ -235,8 +227,7 @@ impl ServerChannel {
         self.renewals += 1;
     }
 
-    /// A channel over known keys (for vector tests).
-    #[cfg(test)]
+    /// A fresh channel over agreed keys (also used by the vector tests).
     pub(crate) fn from_keys(
         keys: crate::crypto::SymmetricKeys,
         policy: RenewalPolicy,
