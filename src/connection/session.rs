@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{info, warn};
 use serde_json::Value;
 
@@ -30,6 +30,9 @@ use crate::dispatcher::{ConnId, Envelope, SessionCommand};
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
 use crate::store::StoreError;
+
+/// Longest wait for the dispatcher's answer to `Envelope::Closed`.
+const CLOSED_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Frames read per turn before the loop writes and checks the outbox.
 const READ_BUDGET: usize = 64;
@@ -388,9 +391,16 @@ impl Session<'_> {
             done,
         };
         if self.services.dispatcher.send(closed).is_ok() {
-            // The dispatcher answers at once; after that it never pushes to
-            // this outbox again, so what is left in it is final.
-            let _ = wait.recv();
+            // The dispatcher answers at once (also while shutting down);
+            // after that it never pushes to this outbox again, so what is
+            // left in it is final. The bound only guards against an envelope
+            // left in the queue of a dispatcher that has already exited.
+            if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(CLOSED_ANSWER_WAIT) {
+                warn!(
+                    "{} {}: no answer from the dispatcher to the close",
+                    self.link.peer, self.user
+                );
+            }
         }
         self.offline
             .finish(&self.user, &self.services.offline_claims);
