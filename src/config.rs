@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::channel::RenewalPolicy;
+use crate::throttle::ThrottleSettings;
 
 /// Command line of the `chat_server` binary.
 #[derive(Debug, Parser)]
@@ -142,6 +143,22 @@ pub struct Settings {
     /// Password logins/registrations that may wait for an argon2 turn; beyond, SERVER_ERROR "server busy".
     #[arg(long, env = "CHAT_ARGON2_QUEUE", default_value = "64")]
     pub argon2_queue: String,
+
+    /// Failed logins allowed per username and per (non-loopback) address before lock-outs start.
+    #[arg(long, env = "CHAT_LOGIN_FREE_FAILURES", default_value = "5")]
+    pub login_free_failures: String,
+    /// Failed logins (and registrations) allowed per loopback address before lock-outs start.
+    #[arg(long, env = "CHAT_LOOPBACK_FREE_FAILURES", default_value = "1000")]
+    pub loopback_free_failures: String,
+    /// Registrations allowed per (non-loopback) address before lock-outs start.
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_ADDRESS", default_value = "20")]
+    pub registrations_per_address: String,
+    /// Longest login lock-out, in seconds (it doubles from 1 s with each further failure).
+    #[arg(long, env = "CHAT_LOGIN_LOCKOUT_MAX_SECS", default_value = "300")]
+    pub login_lockout_max_secs: String,
+    /// Most entries in each throttle table (usernames, addresses); beyond, the oldest is evicted.
+    #[arg(long, env = "CHAT_THROTTLE_TABLE_SIZE", default_value = "100000")]
+    pub throttle_table_size: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -233,6 +250,8 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// Waiters for an argon2 turn; beyond them, "server busy".
     pub hash_queue: usize,
+    /// Login and registration throttling.
+    pub throttle: ThrottleSettings,
 }
 
 impl Config {
@@ -306,6 +325,25 @@ impl Config {
                 n => n,
             },
             hash_queue: parse("CHAT_ARGON2_QUEUE", &settings.argon2_queue)?,
+            throttle: ThrottleSettings {
+                free_failures: positive("CHAT_LOGIN_FREE_FAILURES", &settings.login_free_failures)?,
+                loopback_free_failures: positive(
+                    "CHAT_LOOPBACK_FREE_FAILURES",
+                    &settings.loopback_free_failures,
+                )?,
+                free_registrations: positive(
+                    "CHAT_REGISTRATIONS_PER_ADDRESS",
+                    &settings.registrations_per_address,
+                )?,
+                max_lockout: seconds(
+                    "CHAT_LOGIN_LOCKOUT_MAX_SECS",
+                    &settings.login_lockout_max_secs,
+                )?,
+                table_capacity: positive(
+                    "CHAT_THROTTLE_TABLE_SIZE",
+                    &settings.throttle_table_size,
+                )?,
+            },
         };
         Ok(config)
     }

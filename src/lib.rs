@@ -23,4 +23,5 @@ pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod waker;

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
 use crate::password::{HashGate, PasswordHasher};
 use crate::store::Store;
+use crate::throttle::AuthThrottle;
 
 use self::link::{Link, LinkError};
 use self::offline::OfflineClaims;
@@ -48,6 +49,8 @@ pub struct Services {
     /// Bounds concurrent argon2 work.
     pub hash_gate: HashGate,
     pub offline_claims: OfflineClaims,
+    /// Login and registration throttling.
+    pub throttle: AuthThrottle,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every
