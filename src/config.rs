@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::channel::RenewalPolicy;
+use crate::rate::{BucketSettings, RateSettings};
 use crate::throttle::ThrottleSettings;
 
 /// Command line of the `chat_server` binary.
@@ -159,6 +160,22 @@ pub struct Settings {
     /// Most entries in each throttle table (usernames, addresses); beyond, the oldest is evicted.
     #[arg(long, env = "CHAT_THROTTLE_TABLE_SIZE", default_value = "100000")]
     pub throttle_table_size: String,
+
+    /// Chat commands per second one logged-in connection may send (token bucket rate).
+    #[arg(long, env = "CHAT_RATE_LIMIT_PER_SEC", default_value = "100")]
+    pub rate_limit_per_sec: String,
+    /// Largest burst of chat commands (token bucket size).
+    #[arg(long, env = "CHAT_RATE_LIMIT_BURST", default_value = "200")]
+    pub rate_limit_burst: String,
+    /// Typing notices per second (their own bucket).
+    #[arg(long, env = "CHAT_TYPING_RATE_PER_SEC", default_value = "10")]
+    pub typing_rate_per_sec: String,
+    /// Largest burst of typing notices.
+    #[arg(long, env = "CHAT_TYPING_RATE_BURST", default_value = "20")]
+    pub typing_rate_burst: String,
+    /// Commands over the limit, after the "rate limit exceeded" notice, before the connection is closed (1008).
+    #[arg(long, env = "CHAT_RATE_LIMIT_STRIKES", default_value = "100")]
+    pub rate_limit_strikes: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -252,6 +269,8 @@ pub struct Config {
     pub hash_queue: usize,
     /// Login and registration throttling.
     pub throttle: ThrottleSettings,
+    /// Per-connection command rate limit after login.
+    pub rate: RateSettings,
 }
 
 impl Config {
@@ -344,6 +363,21 @@ impl Config {
                     &settings.throttle_table_size,
                 )?,
             },
+            rate: RateSettings {
+                commands: BucketSettings {
+                    per_sec: tokens("CHAT_RATE_LIMIT_PER_SEC", &settings.rate_limit_per_sec, 0.0)?,
+                    burst: tokens("CHAT_RATE_LIMIT_BURST", &settings.rate_limit_burst, 1.0)?,
+                },
+                typing: BucketSettings {
+                    per_sec: tokens(
+                        "CHAT_TYPING_RATE_PER_SEC",
+                        &settings.typing_rate_per_sec,
+                        0.0,
+                    )?,
+                    burst: tokens("CHAT_TYPING_RATE_BURST", &settings.typing_rate_burst, 1.0)?,
+                },
+                strikes: parse("CHAT_RATE_LIMIT_STRIKES", &settings.rate_limit_strikes)?,
+            },
         };
         Ok(config)
     }
@@ -433,6 +467,20 @@ where
         return Err(ConfigError {
             setting,
             reason: format!("{raw:?}: must be greater than zero"),
+        });
+    }
+    Ok(value)
+}
+
+/// A finite number of tokens (or tokens per second) above `floor` (a
+/// floor of 1 is allowed itself, 0 is not).
+fn tokens(setting: &'static str, raw: &str, floor: f64) -> Result<f64, ConfigError> {
+    let value: f64 = parse(setting, raw)?;
+    let ok = value.is_finite() && (value > floor || (floor >= 1.0 && value == floor));
+    if !ok {
+        return Err(ConfigError {
+            setting,
+            reason: format!("{raw:?}: must be a finite number of at least {floor} (and above 0)"),
         });
     }
     Ok(value)

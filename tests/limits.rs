@@ -284,3 +284,48 @@ fn registration_rules_are_enforced(backend: Backend) {
 }
 
 both_stores!(registration_rules_are_enforced);
+
+/// Command rate limit (small settings): a flooding client is told once
+/// ("rate limit exceeded") and, as it keeps going, closed with 1008; typing
+/// notices have their own smaller bucket; the other users keep chatting.
+fn flooding_client_is_told_then_closed(backend: Backend) {
+    use chat_server::rate::{BucketSettings, RateSettings};
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.rate = RateSettings {
+            commands: BucketSettings {
+                per_sec: 5.0,
+                burst: 20.0,
+            },
+            typing: BucketSettings {
+                per_sec: 1.0,
+                burst: 2.0,
+            },
+            strikes: 5,
+        };
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let (mut bob, _) = user(&server, "bob");
+    let (mut carol, _) = user(&server, "carol");
+    Client::pair_e2ee(&mut bob, &mut carol, WAIT).expect("bob and carol paired");
+    for _ in 0..40 {
+        // The server closes the socket part way: later sends may fail.
+        let _ = alice.send(&json!({"type": "REQUEST_USER_LIST"}));
+    }
+    let notice = alice.wait_error(WAIT).expect("a rate-limit notice");
+    assert_eq!(notice, "rate limit exceeded");
+    let close = alice.wait_closed(WAIT).expect("closed");
+    assert_eq!(close.code, 1008, "{close:?}");
+    // Typing notices: 2 pass, the third is over its own bucket.
+    for _ in 0..3 {
+        bob.typing("carol", true).unwrap();
+    }
+    assert_eq!(bob.wait_error(WAIT).unwrap(), "rate limit exceeded");
+    bob.send_message("carol", "still here").unwrap();
+    assert_eq!(carol.wait_message_from("bob", WAIT).unwrap(), "still here");
+    carol.send_message("bob", "me too").unwrap();
+    assert_eq!(bob.wait_message_from("carol", WAIT).unwrap(), "me too");
+}
+
+both_stores!(flooding_client_is_told_then_closed);

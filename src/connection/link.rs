@@ -44,7 +44,7 @@ pub enum LinkError {
 }
 
 impl LinkError {
-    fn violation(code: u16, reason: impl Into<String>) -> LinkError {
+    pub fn violation(code: u16, reason: impl Into<String>) -> LinkError {
         LinkError::Violation {
             code,
             reason: reason.into(),

@@ -29,6 +29,7 @@ use crate::channel::Inbound;
 use crate::dispatcher::{ConnId, Envelope, SessionCommand};
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
+use crate::rate::{CommandRate, Verdict};
 use crate::store::StoreError;
 
 /// Longest wait for the dispatcher's answer to `Envelope::Closed`.
@@ -72,6 +73,10 @@ struct Session<'a> {
     unflushed: bool,
     /// When the next WebSocket ping is due.
     next_ping: Instant,
+    /// The command rate limit.
+    rate: CommandRate,
+    /// Over the rate limit too often: close once the notice is written.
+    rate_close: bool,
 }
 
 /// Runs a logged-in connection until it ends, then cleans up.
@@ -88,6 +93,8 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
         write_blocked: false,
         unflushed: false,
         next_ping: Instant::now() + services.config.ping_interval,
+        rate: CommandRate::new(services.config.rate, Instant::now()),
+        rate_close: false,
     };
     let end = session.serve();
     session.finish(end);
@@ -123,6 +130,9 @@ impl Session<'_> {
                 Ok(more) => more,
                 Err(error) => return End::Link(error),
             };
+            if self.rate_close {
+                return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
+            }
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
@@ -181,7 +191,13 @@ impl Session<'_> {
     fn read_available(&mut self) -> Result<bool, LinkError> {
         for _ in 0..READ_BUDGET {
             match self.link.read() {
-                Ok(Some(Inbound::Command(object))) => self.command(&object)?,
+                Ok(Some(Inbound::Command(object))) => {
+                    self.command(&object)?;
+                    if self.rate_close {
+                        // Write the notice, then close (in `serve`).
+                        return Ok(false);
+                    }
+                }
                 Ok(Some(Inbound::Control(Some(reply)))) => {
                     self.unflushed = true;
                     if !self.link.send_sealed(reply)? {
@@ -197,7 +213,28 @@ impl Session<'_> {
     }
 
     fn command(&mut self, object: &protocol::Object) -> Result<(), LinkError> {
-        let command = match protocol::parse_command(object) {
+        let parsed = protocol::parse_command(object);
+        let typing = matches!(parsed, Ok(Command::Chat(ChatCommand::Typing { .. })));
+        match self.rate.check(typing, Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Notify => {
+                info!(
+                    "{} {}: over the command rate limit",
+                    self.link.peer, self.user
+                );
+                return self.reply_error(messages::RATE_LIMITED);
+            }
+            Verdict::Drop => return Ok(()),
+            Verdict::Close => {
+                info!(
+                    "{} {}: kept over the command rate limit, closing",
+                    self.link.peer, self.user
+                );
+                self.rate_close = true;
+                return Ok(());
+            }
+        }
+        let command = match parsed {
             Ok(Command::Chat(command)) => command,
             Ok(Command::Auth(_)) => return self.reply_error(messages::ALREADY_LOGGED_IN),
             Ok(Command::Unknown(_)) => return self.reply_error(messages::UNKNOWN_COMMAND),
