@@ -176,6 +176,10 @@ pub struct Settings {
     /// Commands over the limit, after the "rate limit exceeded" notice, before the connection is closed (1008).
     #[arg(long, env = "CHAT_RATE_LIMIT_STRIKES", default_value = "100")]
     pub rate_limit_strikes: String,
+
+    /// Most offline messages stored for one recipient; beyond, the sender gets ERROR "mailbox full".
+    #[arg(long, env = "CHAT_OFFLINE_QUOTA", default_value = "10000")]
+    pub offline_quota: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -271,6 +275,8 @@ pub struct Config {
     pub throttle: ThrottleSettings,
     /// Per-connection command rate limit after login.
     pub rate: RateSettings,
+    /// Most offline messages stored for one recipient.
+    pub offline_quota: u64,
 }
 
 impl Config {
@@ -378,6 +384,7 @@ impl Config {
                 },
                 strikes: parse("CHAT_RATE_LIMIT_STRIKES", &settings.rate_limit_strikes)?,
             },
+            offline_quota: positive("CHAT_OFFLINE_QUOTA", &settings.offline_quota)?,
         };
         Ok(config)
     }

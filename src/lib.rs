@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod password;
 pub mod presence;
 pub mod protocol;
+pub mod quota;
 pub mod rate;
 pub mod server;
 pub mod store;

@@ -329,3 +329,46 @@ fn flooding_client_is_told_then_closed(backend: Backend) {
 }
 
 both_stores!(flooding_client_is_told_then_closed);
+
+/// Offline quota 3: a fourth message for an offline recipient is refused
+/// with `ERROR` "mailbox full" (not stored, not silently dropped); other
+/// mailboxes still take messages, and once the recipient has read its
+/// mailbox it takes messages again.
+fn offline_quota_refuses_with_mailbox_full(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.offline_quota = 3;
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob = common::register(&server, "bob");
+    common::register(&server, "carol");
+    let to = |name: &str| json!({"type": "E2E_MSG", "to": name, "payload": envelope()});
+    for _ in 0..3 {
+        alice.send(&to("bob")).unwrap();
+    }
+    wait_until("three stored", || {
+        server.store.count_offline("bob").unwrap() == 3
+    });
+    alice.send(&to("bob")).unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "mailbox full");
+    assert_eq!(server.store.count_offline("bob").unwrap(), 3);
+    alice.send(&to("carol")).unwrap();
+    wait_until("carol's mailbox takes one", || {
+        server.store.count_offline("carol").unwrap() == 1
+    });
+    // Bob reads his mailbox; then it takes messages again.
+    let mut bob_client = common::login(&server, "bob", &bob);
+    wait_until("bob's mailbox read", || {
+        server.store.count_offline("bob").unwrap() == 0
+    });
+    bob_client.close();
+    alice.wait_user_offline("bob", WAIT).unwrap();
+    alice.send(&to("bob")).unwrap();
+    wait_until("bob's mailbox takes one again", || {
+        server.store.count_offline("bob").unwrap() == 1
+    });
+    common::assert_server_works(&server);
+}
+
+both_stores!(offline_quota_refuses_with_mailbox_full);

@@ -34,6 +34,7 @@ use log::{debug, info};
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
 use crate::password::{HashGate, PasswordHasher};
+use crate::quota::MailboxQuota;
 use crate::store::Store;
 use crate::throttle::AuthThrottle;
 
@@ -51,6 +52,8 @@ pub struct Services {
     pub offline_claims: OfflineClaims,
     /// Login and registration throttling.
     pub throttle: AuthThrottle,
+    /// Offline quota per recipient.
+    pub mailboxes: MailboxQuota,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every

@@ -367,8 +367,13 @@ impl Session<'_> {
         if self.link.flush()? {
             self.unflushed = false;
             self.write_blocked = false;
-            self.offline
-                .flushed(&self.user, self.services.store.as_ref());
+            if self
+                .offline
+                .flushed(&self.user, self.services.store.as_ref())
+            {
+                // The mailbox shrank: count it afresh for the quota.
+                self.services.mailboxes.forget(&self.user);
+            }
         } else {
             self.write_blocked = true;
         }
@@ -390,12 +395,37 @@ impl Session<'_> {
     /// Stores a message this user sent to an offline recipient; a failure
     /// is reported to the sender, never silent.
     fn store_for_recipient(&mut self, recipient: &str, payload: &Value) {
+        let services = self.services;
+        let reserved = services.mailboxes.reserve(recipient, Instant::now(), || {
+            services.store.count_offline(recipient)
+        });
+        match reserved {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(
+                    "{} {}: offline message for {recipient} refused: mailbox full",
+                    self.link.peer, self.user
+                );
+                self.staged
+                    .push_back(Staged::Reply(protocol::error(messages::MAILBOX_FULL)));
+                return;
+            }
+            Err(error) => {
+                warn!(
+                    "{} {}: mailbox of {recipient} not counted: {error}",
+                    self.link.peer, self.user
+                );
+                self.staged
+                    .push_back(Staged::Reply(protocol::error(messages::STORE_UNAVAILABLE)));
+                return;
+            }
+        }
         let text = payload.to_string();
-        let error = match self
-            .services
-            .store
-            .store_offline(&self.user, recipient, &text)
-        {
+        let stored = services.store.store_offline(&self.user, recipient, &text);
+        if stored.is_err() {
+            services.mailboxes.release(recipient);
+        }
+        let error = match stored {
             Ok(_) => return,
             Err(StoreError::PayloadTooLarge) => messages::PAYLOAD_TOO_LARGE,
             Err(error) => {
