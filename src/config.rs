@@ -516,6 +516,34 @@ mod tests {
         assert_eq!(config.renewal.max_secs, 3600);
         assert_eq!(config.renewal.hold, Duration::from_millis(200));
         assert_eq!(config.hash, HashParams::default());
+        assert_eq!(config.throttle.free_failures, 5);
+        assert_eq!(config.throttle.loopback_free_failures, 1000);
+        assert_eq!(config.throttle.free_registrations, 20);
+        assert_eq!(config.throttle.max_lockout, Duration::from_secs(300));
+        assert_eq!(config.throttle.table_capacity, 100_000);
+        assert_eq!(config.rate.commands.per_sec, 100.0);
+        assert_eq!(config.rate.commands.burst, 200.0);
+        assert_eq!(config.rate.typing.per_sec, 10.0);
+        assert_eq!(config.rate.typing.burst, 20.0);
+        assert_eq!(config.rate.strikes, 100);
+        assert_eq!(config.offline_quota, 10_000);
+    }
+
+    #[test]
+    fn bad_abuse_limits_name_the_setting() {
+        for (flag, value, setting) in [
+            ("--rate-limit-burst", "0.5", "CHAT_RATE_LIMIT_BURST"),
+            ("--rate-limit-per-sec", "NaN", "CHAT_RATE_LIMIT_PER_SEC"),
+            ("--typing-rate-per-sec", "inf", "CHAT_TYPING_RATE_PER_SEC"),
+            ("--offline-quota", "0", "CHAT_OFFLINE_QUOTA"),
+            ("--login-free-failures", "0", "CHAT_LOGIN_FREE_FAILURES"),
+            ("--throttle-table-size", "x", "CHAT_THROTTLE_TABLE_SIZE"),
+        ] {
+            let error = Config::from_settings(&settings(&[flag, value])).unwrap_err();
+            assert_eq!(error.setting, setting, "{flag} {value}");
+        }
+        let config = Config::from_settings(&settings(&["--rate-limit-burst", "1"])).unwrap();
+        assert_eq!(config.rate.commands.burst, 1.0);
     }
 
     #[test]

@@ -48,6 +48,17 @@ fn help_lists_the_settings() {
         "DB_HOST",
         "--sqlite",
         "CHAT_RENEW_HOLD_MS",
+        "CHAT_LOGIN_FREE_FAILURES",
+        "CHAT_LOOPBACK_FREE_FAILURES",
+        "CHAT_REGISTRATIONS_PER_ADDRESS",
+        "CHAT_LOGIN_LOCKOUT_MAX_SECS",
+        "CHAT_THROTTLE_TABLE_SIZE",
+        "CHAT_RATE_LIMIT_PER_SEC",
+        "CHAT_RATE_LIMIT_BURST",
+        "CHAT_TYPING_RATE_PER_SEC",
+        "CHAT_TYPING_RATE_BURST",
+        "CHAT_RATE_LIMIT_STRIKES",
+        "CHAT_OFFLINE_QUOTA",
     ] {
         assert!(help.contains(setting), "--help lacks {setting}");
     }
