@@ -532,7 +532,11 @@ impl Dispatcher {
         // Relays queued for sessions that are not ready yet: such a client
         // would drop them if they were sent now, so each message goes back to
         // its sender's thread to be stored (or, with the sender gone, to the
-        // recipient's thread, which stores what it has not sent).
+        // recipient's thread, which stores what it has not sent: the close is
+        // requested first, and a thread asked to close writes nothing more).
+        for connection in self.connections.values() {
+            connection.outbox.request_close(CloseRequest::Shutdown);
+        }
         let mut queued = Vec::new();
         for (conn, connection) in &self.connections {
             let key = fold(&connection.user);
@@ -573,9 +577,6 @@ impl Dispatcher {
                     }
                 }
             }
-        }
-        for connection in self.connections.values() {
-            connection.outbox.request_close(CloseRequest::Shutdown);
         }
     }
 

@@ -304,6 +304,12 @@ impl Session<'_> {
     /// when the write budget ran out with more to write.
     fn write_pending(&mut self) -> Result<bool, LinkError> {
         self.stage_from_outbox();
+        if self.outbox.close_requested().is_some() {
+            // Closing: what is staged goes back to the dispatcher or to the
+            // store in `finish`, not to the client (the dispatcher may have
+            // pushed final items after its request).
+            return self.flush();
+        }
         if self.write_blocked || self.link.output_held() {
             return self.flush();
         }
