@@ -59,7 +59,9 @@ impl Record {
         let since = self
             .locked_until
             .map_or(self.last_failure, |until| until.max(self.last_failure));
-        now >= since + FORGET_AFTER
+        since
+            .checked_add(FORGET_AFTER)
+            .is_some_and(|forgotten| now >= forgotten)
     }
 }
 
@@ -138,7 +140,11 @@ impl<K: Hash + Eq + Clone> Table<K> {
             let window = BASE_LOCKOUT
                 .saturating_mul(1u32 << doublings)
                 .min(policy.max_lockout);
-            record.locked_until = Some(now + window);
+            // A huge configured cap must not overflow `Instant`.
+            record.locked_until = Some(
+                now.checked_add(window)
+                    .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600)),
+            );
         }
         self.evict(now);
     }
