@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::channel::RenewalPolicy;
+use crate::rate::{BucketSettings, RateSettings};
+use crate::throttle::ThrottleSettings;
 
 /// Command line of the `chat_server` binary.
 #[derive(Debug, Parser)]
@@ -142,6 +144,42 @@ pub struct Settings {
     /// Password logins/registrations that may wait for an argon2 turn; beyond, SERVER_ERROR "server busy".
     #[arg(long, env = "CHAT_ARGON2_QUEUE", default_value = "64")]
     pub argon2_queue: String,
+
+    /// Failed logins allowed per username and per (non-loopback) address before lock-outs start.
+    #[arg(long, env = "CHAT_LOGIN_FREE_FAILURES", default_value = "5")]
+    pub login_free_failures: String,
+    /// Failed logins (and registrations) allowed per loopback address before lock-outs start.
+    #[arg(long, env = "CHAT_LOOPBACK_FREE_FAILURES", default_value = "1000")]
+    pub loopback_free_failures: String,
+    /// Registrations allowed per (non-loopback) address before lock-outs start.
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_ADDRESS", default_value = "20")]
+    pub registrations_per_address: String,
+    /// Longest login lock-out, in seconds (it doubles from 1 s with each further failure).
+    #[arg(long, env = "CHAT_LOGIN_LOCKOUT_MAX_SECS", default_value = "300")]
+    pub login_lockout_max_secs: String,
+    /// Most entries in each throttle table (usernames, addresses); beyond, the oldest is evicted.
+    #[arg(long, env = "CHAT_THROTTLE_TABLE_SIZE", default_value = "100000")]
+    pub throttle_table_size: String,
+
+    /// Chat commands per second one logged-in connection may send (token bucket rate).
+    #[arg(long, env = "CHAT_RATE_LIMIT_PER_SEC", default_value = "100")]
+    pub rate_limit_per_sec: String,
+    /// Largest burst of chat commands (token bucket size).
+    #[arg(long, env = "CHAT_RATE_LIMIT_BURST", default_value = "200")]
+    pub rate_limit_burst: String,
+    /// Typing notices per second (their own bucket).
+    #[arg(long, env = "CHAT_TYPING_RATE_PER_SEC", default_value = "10")]
+    pub typing_rate_per_sec: String,
+    /// Largest burst of typing notices.
+    #[arg(long, env = "CHAT_TYPING_RATE_BURST", default_value = "20")]
+    pub typing_rate_burst: String,
+    /// Commands over the limit, after the "rate limit exceeded" notice, before the connection is closed (1008).
+    #[arg(long, env = "CHAT_RATE_LIMIT_STRIKES", default_value = "100")]
+    pub rate_limit_strikes: String,
+
+    /// Most offline messages stored for one recipient; beyond, the sender gets ERROR "mailbox full".
+    #[arg(long, env = "CHAT_OFFLINE_QUOTA", default_value = "10000")]
+    pub offline_quota: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -233,6 +271,12 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// Waiters for an argon2 turn; beyond them, "server busy".
     pub hash_queue: usize,
+    /// Login and registration throttling.
+    pub throttle: ThrottleSettings,
+    /// Per-connection command rate limit after login.
+    pub rate: RateSettings,
+    /// Most offline messages stored for one recipient.
+    pub offline_quota: u64,
 }
 
 impl Config {
@@ -306,6 +350,41 @@ impl Config {
                 n => n,
             },
             hash_queue: parse("CHAT_ARGON2_QUEUE", &settings.argon2_queue)?,
+            throttle: ThrottleSettings {
+                free_failures: positive("CHAT_LOGIN_FREE_FAILURES", &settings.login_free_failures)?,
+                loopback_free_failures: positive(
+                    "CHAT_LOOPBACK_FREE_FAILURES",
+                    &settings.loopback_free_failures,
+                )?,
+                free_registrations: positive(
+                    "CHAT_REGISTRATIONS_PER_ADDRESS",
+                    &settings.registrations_per_address,
+                )?,
+                max_lockout: seconds(
+                    "CHAT_LOGIN_LOCKOUT_MAX_SECS",
+                    &settings.login_lockout_max_secs,
+                )?,
+                table_capacity: positive(
+                    "CHAT_THROTTLE_TABLE_SIZE",
+                    &settings.throttle_table_size,
+                )?,
+            },
+            rate: RateSettings {
+                commands: BucketSettings {
+                    per_sec: tokens("CHAT_RATE_LIMIT_PER_SEC", &settings.rate_limit_per_sec, 0.0)?,
+                    burst: tokens("CHAT_RATE_LIMIT_BURST", &settings.rate_limit_burst, 1.0)?,
+                },
+                typing: BucketSettings {
+                    per_sec: tokens(
+                        "CHAT_TYPING_RATE_PER_SEC",
+                        &settings.typing_rate_per_sec,
+                        0.0,
+                    )?,
+                    burst: tokens("CHAT_TYPING_RATE_BURST", &settings.typing_rate_burst, 1.0)?,
+                },
+                strikes: parse("CHAT_RATE_LIMIT_STRIKES", &settings.rate_limit_strikes)?,
+            },
+            offline_quota: positive("CHAT_OFFLINE_QUOTA", &settings.offline_quota)?,
         };
         Ok(config)
     }
@@ -400,6 +479,20 @@ where
     Ok(value)
 }
 
+/// A finite number of tokens (or tokens per second) above `floor` (a
+/// floor of 1 is allowed itself, 0 is not).
+fn tokens(setting: &'static str, raw: &str, floor: f64) -> Result<f64, ConfigError> {
+    let value: f64 = parse(setting, raw)?;
+    let ok = value.is_finite() && (value > floor || (floor >= 1.0 && value == floor));
+    if !ok {
+        return Err(ConfigError {
+            setting,
+            reason: format!("{raw:?}: must be a finite number of at least {floor} (and above 0)"),
+        });
+    }
+    Ok(value)
+}
+
 /// A positive number of seconds.
 fn seconds(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(positive::<u64>(setting, raw)?))
@@ -423,6 +516,34 @@ mod tests {
         assert_eq!(config.renewal.max_secs, 3600);
         assert_eq!(config.renewal.hold, Duration::from_millis(200));
         assert_eq!(config.hash, HashParams::default());
+        assert_eq!(config.throttle.free_failures, 5);
+        assert_eq!(config.throttle.loopback_free_failures, 1000);
+        assert_eq!(config.throttle.free_registrations, 20);
+        assert_eq!(config.throttle.max_lockout, Duration::from_secs(300));
+        assert_eq!(config.throttle.table_capacity, 100_000);
+        assert_eq!(config.rate.commands.per_sec, 100.0);
+        assert_eq!(config.rate.commands.burst, 200.0);
+        assert_eq!(config.rate.typing.per_sec, 10.0);
+        assert_eq!(config.rate.typing.burst, 20.0);
+        assert_eq!(config.rate.strikes, 100);
+        assert_eq!(config.offline_quota, 10_000);
+    }
+
+    #[test]
+    fn bad_abuse_limits_name_the_setting() {
+        for (flag, value, setting) in [
+            ("--rate-limit-burst", "0.5", "CHAT_RATE_LIMIT_BURST"),
+            ("--rate-limit-per-sec", "NaN", "CHAT_RATE_LIMIT_PER_SEC"),
+            ("--typing-rate-per-sec", "inf", "CHAT_TYPING_RATE_PER_SEC"),
+            ("--offline-quota", "0", "CHAT_OFFLINE_QUOTA"),
+            ("--login-free-failures", "0", "CHAT_LOGIN_FREE_FAILURES"),
+            ("--throttle-table-size", "x", "CHAT_THROTTLE_TABLE_SIZE"),
+        ] {
+            let error = Config::from_settings(&settings(&[flag, value])).unwrap_err();
+            assert_eq!(error.setting, setting, "{flag} {value}");
+        }
+        let config = Config::from_settings(&settings(&["--rate-limit-burst", "1"])).unwrap();
+        assert_eq!(config.rate.commands.burst, 1.0);
     }
 
     #[test]

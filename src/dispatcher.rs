@@ -30,6 +30,10 @@ use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::presence::{fold, Presence};
 use crate::protocol::{carries_peer_signature, messages, RelayKind};
 
+/// How long the dispatcher, once shut down, keeps answering the `Closed`
+/// envelopes of the connections it asked to close.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
+
 /// Identifies one connection for the whole life of the server.
 pub type ConnId = u64;
 
@@ -181,6 +185,24 @@ impl Dispatcher {
             self.fire_timers(Instant::now());
         }
         self.shut_down();
+        self.drain_closing(Instant::now() + SHUTDOWN_DRAIN);
+    }
+
+    /// After `shut_down`: answers the `Closed` envelopes of the closing
+    /// connections (each thread waits for that answer before it stores what
+    /// is left in its outbox) until none is left or `deadline` passes.
+    /// Other envelopes are dropped, which fails their reply channels.
+    fn drain_closing(&mut self, deadline: Instant) {
+        while !self.connections.is_empty() {
+            match self.inbox.recv_deadline(deadline) {
+                Ok(Envelope::Closed { conn, unsent, done }) => {
+                    self.closed(conn, unsent, Instant::now());
+                    let _ = done.send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -507,16 +529,54 @@ impl Dispatcher {
             "dispatcher stopping: closing {} connections",
             self.connections.len()
         );
+        // Relays queued for sessions that are not ready yet: such a client
+        // would drop them if they were sent now, so each message goes back to
+        // its sender's thread to be stored (or, with the sender gone, to the
+        // recipient's thread, which stores what it has not sent: the close is
+        // requested first, and a thread asked to close writes nothing more).
+        for connection in self.connections.values() {
+            connection.outbox.request_close(CloseRequest::Shutdown);
+        }
+        let mut queued = Vec::new();
         for (conn, connection) in &self.connections {
             let key = fold(&connection.user);
             if let Some(session) = self.sessions.get_mut(&key) {
                 if session.conn == *conn {
-                    for item in session.pending.take().unwrap_or_default() {
-                        connection.outbox.push_final(item);
+                    if let Some(pending) = session.pending.take() {
+                        queued.push((*conn, connection.user.clone(), pending));
                     }
                 }
             }
-            connection.outbox.request_close(CloseRequest::Shutdown);
+        }
+        for (recipient_conn, recipient, pending) in queued {
+            for item in pending {
+                let Outgoing::Relay {
+                    kind: RelayKind::Message,
+                    from,
+                    payload,
+                } = item
+                else {
+                    continue;
+                };
+                match self.sessions.get(&fold(&from)).map(|sender| sender.conn) {
+                    Some(sender) if sender != recipient_conn => {
+                        let store = Outgoing::StoreOffline {
+                            to: recipient.clone(),
+                            payload,
+                        };
+                        self.push_or_evict(sender, store);
+                    }
+                    _ => {
+                        if let Some(connection) = self.connections.get(&recipient_conn) {
+                            connection.outbox.push_final(Outgoing::Relay {
+                                kind: RelayKind::Message,
+                                from,
+                                payload,
+                            });
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -1,4 +1,6 @@
-//! The `chat_server` binary: settings, logging, then the server until killed.
+//! The `chat_server` binary: settings, logging, then the server until
+//! SIGINT or SIGTERM, which shut it down gracefully (undelivered messages go
+//! to the offline store, clients see close code 1001) and exit 0.
 //! Errors end here as one clear line on stderr and a non-zero exit.
 
 use std::process::ExitCode;
@@ -8,6 +10,15 @@ use chat_server::server::ServerHandle;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits the blocked mask and
+    // the signals wait for `sigwait` below instead of killing the process.
+    let signals = match block_shutdown_signals() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("chat_server: cannot block SIGINT/SIGTERM: {error}");
+            return ExitCode::from(1);
+        }
+    };
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {
@@ -25,7 +36,7 @@ fn main() -> ExitCode {
         TerminalMode::Stderr,
         ColorChoice::Auto,
     );
-    match run(config) {
+    match run(config, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error:#}");
@@ -35,8 +46,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, signals: &libc::sigset_t) -> anyhow::Result<()> {
     let server = ServerHandle::start(config)?;
-    server.wait();
+    let signal = wait_for_signal(signals)?;
+    log::info!("signal {signal} received: shutting down");
+    server.shutdown();
+    log::info!("shutdown complete");
     Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread; returns the set.
+fn block_shutdown_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use,
+    // and pthread_sigmask only reads the set we pass.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let status = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if status != 0 {
+            return Err(std::io::Error::from_raw_os_error(status));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for one of the blocked signals; returns its number.
+fn wait_for_signal(set: &libc::sigset_t) -> std::io::Result<libc::c_int> {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: `set` is an initialised signal set and `signal` a valid out
+    // pointer.
+    let status = unsafe { libc::sigwait(set, &mut signal) };
+    if status != 0 {
+        return Err(std::io::Error::from_raw_os_error(status));
+    }
+    Ok(signal)
 }

@@ -25,8 +25,10 @@ use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
 use crate::password::{HashGate, PasswordError, PasswordHasher};
+use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
+use crate::throttle::AuthThrottle;
 
 /// Stack of a connection thread. Release builds need little (argon2 and
 /// JSON work on the heap); debug builds get more for their bigger frames.
@@ -115,7 +117,11 @@ impl ServerHandle {
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
         let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
+        let throttle = AuthThrottle::new(config.throttle);
+        let mailboxes = MailboxQuota::new(config.offline_quota);
         let services = Arc::new(Services {
+            mailboxes,
+            throttle,
             hash_gate,
             config,
             store,

@@ -48,6 +48,17 @@ fn help_lists_the_settings() {
         "DB_HOST",
         "--sqlite",
         "CHAT_RENEW_HOLD_MS",
+        "CHAT_LOGIN_FREE_FAILURES",
+        "CHAT_LOOPBACK_FREE_FAILURES",
+        "CHAT_REGISTRATIONS_PER_ADDRESS",
+        "CHAT_LOGIN_LOCKOUT_MAX_SECS",
+        "CHAT_THROTTLE_TABLE_SIZE",
+        "CHAT_RATE_LIMIT_PER_SEC",
+        "CHAT_RATE_LIMIT_BURST",
+        "CHAT_TYPING_RATE_PER_SEC",
+        "CHAT_TYPING_RATE_BURST",
+        "CHAT_RATE_LIMIT_STRIKES",
+        "CHAT_OFFLINE_QUOTA",
     ] {
         assert!(help.contains(setting), "--help lacks {setting}");
     }
@@ -100,6 +111,99 @@ fn starts_with_the_embedded_store_and_serves() {
         .find(|line| line.contains("alice") && line.contains("logged in"));
     assert!(connected.is_some(), "a log line for the login");
     drop(_running);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+/// Starts the binary on a port of its choice and the SQLite file `db`;
+/// returns the child and its WebSocket URL.
+fn start_binary(db: &std::path::Path) -> (Child, String) {
+    let mut child = chat_server()
+        .args(["--bind", "127.0.0.1:0", "--sqlite"])
+        .arg(db)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("server: {line}");
+            if line.contains("listening on") {
+                let _ = line_tx.send(line);
+            }
+        }
+    });
+    let start_line = line_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no start line");
+    let address = start_line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_owned();
+    (child, format!("ws://{address}"))
+}
+
+/// SIGTERM shuts the server down gracefully: a logged-in client sees close
+/// code 1001, a message queued for a session that is not ready yet is in the
+/// offline store, and the process exits 0 within 5 s.
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    use chat_server::client::identity::Identity;
+    use chat_server::store::{SqliteStore, Store};
+    use serde_json::json;
+
+    let db =
+        std::env::temp_dir().join(format!("chat_server_binary_term_{}.db", std::process::id()));
+    let (child, url) = start_binary(&db);
+    let mut running = Running(child);
+    let (mut alice, _) = Client::register_and_login(&url, "alice", "secret password").unwrap();
+    alice.request_user_list().unwrap();
+    alice.wait_user_list(Duration::from_secs(5)).unwrap();
+    // Bob logs in but never opens his home screen: relays to him are queued.
+    let bob_identity = Identity::generate();
+    let mut register = Client::connect(&url).unwrap();
+    assert!(register
+        .register("bob", "bob password", &bob_identity)
+        .unwrap()
+        .is_success());
+    register.close();
+    let mut bob = Client::connect(&url).unwrap();
+    assert!(bob
+        .login_challenge("bob", &bob_identity)
+        .unwrap()
+        .is_success());
+    alice
+        .send(&json!({"type": "E2E_MSG", "to": "bob",
+            "payload": {"iv": "aXY=", "ct": "Y3Q=", "mac": "bWFj"}}))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let pid = libc::pid_t::try_from(running.0.id()).unwrap();
+    let signalled = Instant::now();
+    // SAFETY: kill with a valid pid and signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let close = alice.wait_closed(Duration::from_secs(5)).unwrap();
+    assert_eq!(close.code, 1001, "{close:?}");
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    drop(bob);
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.count_offline("bob").unwrap(), 1);
+    drop(store);
+    drop(running);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }

@@ -284,3 +284,95 @@ fn registration_rules_are_enforced(backend: Backend) {
 }
 
 both_stores!(registration_rules_are_enforced);
+
+/// Command rate limit (small settings): a flooding client is told once
+/// ("rate limit exceeded") and, as it keeps going, closed with 1008; typing
+/// notices have their own smaller bucket; the other users keep chatting.
+fn flooding_client_is_told_then_closed(backend: Backend) {
+    use chat_server::rate::{BucketSettings, RateSettings};
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.rate = RateSettings {
+            commands: BucketSettings {
+                per_sec: 0.1,
+                burst: 20.0,
+            },
+            typing: BucketSettings {
+                per_sec: 1.0,
+                burst: 2.0,
+            },
+            strikes: 5,
+        };
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let (mut bob, _) = user(&server, "bob");
+    let (mut carol, _) = user(&server, "carol");
+    Client::pair_e2ee(&mut bob, &mut carol, WAIT).expect("bob and carol paired");
+    // Alice's login used 2 tokens (home screen). 18 more pass, 1 is told,
+    // 5 are dropped, the next closes. Exactly that many: a socket closed
+    // with unread input is reset, which could lose the notice in flight.
+    for _ in 0..(18 + 1 + 5 + 1) {
+        alice
+            .send(&json!({"type": "REQUEST_USER_LIST"}))
+            .expect("sent");
+    }
+    let notice = alice.wait_error(WAIT).expect("a rate-limit notice");
+    assert_eq!(notice, "rate limit exceeded");
+    let close = alice.wait_closed(WAIT).expect("closed");
+    assert_eq!(close.code, 1008, "{close:?}");
+    // Typing notices: 2 pass, the third is over its own bucket.
+    for _ in 0..3 {
+        bob.typing("carol", true).unwrap();
+    }
+    assert_eq!(bob.wait_error(WAIT).unwrap(), "rate limit exceeded");
+    bob.send_message("carol", "still here").unwrap();
+    assert_eq!(carol.wait_message_from("bob", WAIT).unwrap(), "still here");
+    carol.send_message("bob", "me too").unwrap();
+    assert_eq!(bob.wait_message_from("carol", WAIT).unwrap(), "me too");
+}
+
+both_stores!(flooding_client_is_told_then_closed);
+
+/// Offline quota 3: a fourth message for an offline recipient is refused
+/// with `ERROR` "mailbox full" (not stored, not silently dropped); other
+/// mailboxes still take messages, and once the recipient has read its
+/// mailbox it takes messages again.
+fn offline_quota_refuses_with_mailbox_full(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.offline_quota = 3;
+    }) else {
+        return;
+    };
+    let (mut alice, _) = user(&server, "alice");
+    let bob = common::register(&server, "bob");
+    common::register(&server, "carol");
+    let to = |name: &str| json!({"type": "E2E_MSG", "to": name, "payload": envelope()});
+    for _ in 0..3 {
+        alice.send(&to("bob")).unwrap();
+    }
+    wait_until("three stored", || {
+        server.store.count_offline("bob").unwrap() == 3
+    });
+    alice.send(&to("bob")).unwrap();
+    assert_eq!(alice.wait_error(WAIT).unwrap(), "mailbox full");
+    assert_eq!(server.store.count_offline("bob").unwrap(), 3);
+    alice.send(&to("carol")).unwrap();
+    wait_until("carol's mailbox takes one", || {
+        server.store.count_offline("carol").unwrap() == 1
+    });
+    // Bob reads his mailbox; then it takes messages again.
+    let mut bob_client = common::login(&server, "bob", &bob);
+    wait_until("bob's mailbox read", || {
+        server.store.count_offline("bob").unwrap() == 0
+    });
+    bob_client.close();
+    alice.wait_user_offline("bob", WAIT).unwrap();
+    alice.send(&to("bob")).unwrap();
+    wait_until("bob's mailbox takes one again", || {
+        server.store.count_offline("bob").unwrap() == 1
+    });
+    common::assert_server_works(&server);
+}
+
+both_stores!(offline_quota_refuses_with_mailbox_full);

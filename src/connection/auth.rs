@@ -187,6 +187,19 @@ impl Authenticator<'_> {
             Ok(None) => {}
             Err(error) => return self.store_error(username, &error),
         }
+        let address = self.link.peer.ip();
+        if self
+            .services
+            .throttle
+            .registration(address, Instant::now())
+            .is_err()
+        {
+            info!(
+                "{} {username}: registration throttled (address)",
+                self.link.peer
+            );
+            return self.server_error(messages::TOO_MANY_ATTEMPTS);
+        }
         let Some(_turn) = self.services.hash_gate.enter() else {
             info!(
                 "{} {username}: registration refused, argon2 queue full",
@@ -232,6 +245,15 @@ impl Authenticator<'_> {
             Some(Some(key)) => Some(key),
             None => None,
         };
+        let address = self.link.peer.ip();
+        let throttle = &self.services.throttle;
+        if let Err(by) = throttle.password_login(username, address, Instant::now()) {
+            info!(
+                "{} {username}: password login throttled ({by:?})",
+                self.link.peer
+            );
+            return self.fail(messages::TOO_MANY_ATTEMPTS);
+        }
         let record = match self.services.store.find_user(username) {
             Ok(record) => record,
             Err(error) => return self.store_error(username, &error),
@@ -249,9 +271,11 @@ impl Authenticator<'_> {
             (Some(record), Verification::Valid { needs_rehash }) => (record, needs_rehash),
             _ => {
                 info!("{} {username}: password login failed", self.link.peer);
+                throttle.password_failed(username, address, Instant::now());
                 return self.fail(messages::INVALID_CREDENTIALS);
             }
         };
+        throttle.login_succeeded(username);
         if needs_rehash {
             self.rehash(&record, password);
         }
@@ -300,6 +324,29 @@ impl Authenticator<'_> {
     }
 
     fn challenge_login(&mut self, username: &str, signature: &str) -> Result<Step, LinkError> {
+        let address = self.link.peer.ip();
+        if self
+            .services
+            .throttle
+            .challenge_login(address, Instant::now())
+            .is_err()
+        {
+            info!(
+                "{} {username}: challenge login throttled (address)",
+                self.link.peer
+            );
+            return self.fail(messages::TOO_MANY_ATTEMPTS);
+        }
+        let step = self.check_challenge(username, signature)?;
+        if let Step::Failed = step {
+            self.services
+                .throttle
+                .challenge_failed(address, Instant::now());
+        }
+        Ok(step)
+    }
+
+    fn check_challenge(&mut self, username: &str, signature: &str) -> Result<Step, LinkError> {
         let Some(challenge) = self.challenge.take() else {
             return self.fail(messages::NO_CHALLENGE);
         };

@@ -44,7 +44,7 @@ pub enum LinkError {
 }
 
 impl LinkError {
-    fn violation(code: u16, reason: impl Into<String>) -> LinkError {
+    pub fn violation(code: u16, reason: impl Into<String>) -> LinkError {
         LinkError::Violation {
             code,
             reason: reason.into(),
@@ -434,7 +434,35 @@ fn close_websocket(ws: &mut WebSocket<Socket>, code: Option<u16>, reason: &str) 
         let _ = ws.close(Some(frame));
     }
     let _ = ws.flush();
-    let _ = ws.get_ref().stream.shutdown(Shutdown::Both);
+    linger(&ws.get_ref().stream);
+}
+
+/// Most bytes read and discarded while lingering at close.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Half-closes the socket, then reads and discards what the peer still
+/// sends until it closes too, the close deadline passes or [`LINGER_BYTES`]
+/// were read; then shuts it down. Closing a socket with unread input makes
+/// the kernel send a reset, which can destroy our last frames (an `ERROR`
+/// notice, the close frame) before the peer has read them.
+fn linger(socket: &TcpStream) {
+    use std::io::Read;
+    let deadline = Instant::now() + CLOSE_DEADLINE;
+    if socket.shutdown(Shutdown::Write).is_ok() {
+        let mut buffer = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match (&mut &*socket).read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    }
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 /// The longest prefix of `text` of at most `max` bytes, on a char boundary.

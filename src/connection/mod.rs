@@ -34,7 +34,9 @@ use log::{debug, info};
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
 use crate::password::{HashGate, PasswordHasher};
+use crate::quota::MailboxQuota;
 use crate::store::Store;
+use crate::throttle::AuthThrottle;
 
 use self::link::{Link, LinkError};
 use self::offline::OfflineClaims;
@@ -48,6 +50,10 @@ pub struct Services {
     /// Bounds concurrent argon2 work.
     pub hash_gate: HashGate,
     pub offline_claims: OfflineClaims,
+    /// Login and registration throttling.
+    pub throttle: AuthThrottle,
+    /// Offline quota per recipient.
+    pub mailboxes: MailboxQuota,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every

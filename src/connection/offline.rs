@@ -138,10 +138,11 @@ impl OfflineDelivery {
         })
     }
 
-    /// Everything written so far reached the socket: delete it.
-    pub fn flushed(&mut self, user: &str, store: &dyn Store) {
+    /// Everything written so far reached the socket: delete it. Returns
+    /// whether there was anything to delete.
+    pub fn flushed(&mut self, user: &str, store: &dyn Store) -> bool {
         if self.written.is_empty() {
-            return;
+            return false;
         }
         if let Err(error) = store.delete_offline(&self.written) {
             warn!(
@@ -150,6 +151,7 @@ impl OfflineDelivery {
             );
         }
         self.written.clear();
+        true
     }
 
     /// Stops delivering (connection closing); written-but-unflushed ids stay

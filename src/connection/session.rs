@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{info, warn};
 use serde_json::Value;
 
@@ -29,7 +29,11 @@ use crate::channel::Inbound;
 use crate::dispatcher::{ConnId, Envelope, SessionCommand};
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
+use crate::rate::{CommandRate, Verdict};
 use crate::store::StoreError;
+
+/// Longest wait for the dispatcher's answer to `Envelope::Closed`.
+const CLOSED_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Frames read per turn before the loop writes and checks the outbox.
 const READ_BUDGET: usize = 64;
@@ -69,6 +73,10 @@ struct Session<'a> {
     unflushed: bool,
     /// When the next WebSocket ping is due.
     next_ping: Instant,
+    /// The command rate limit.
+    rate: CommandRate,
+    /// Over the rate limit too often: close once the notice is written.
+    rate_close: bool,
 }
 
 /// Runs a logged-in connection until it ends, then cleans up.
@@ -85,6 +93,8 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
         write_blocked: false,
         unflushed: false,
         next_ping: Instant::now() + services.config.ping_interval,
+        rate: CommandRate::new(services.config.rate, Instant::now()),
+        rate_close: false,
     };
     let end = session.serve();
     session.finish(end);
@@ -120,6 +130,9 @@ impl Session<'_> {
                 Ok(more) => more,
                 Err(error) => return End::Link(error),
             };
+            if self.rate_close {
+                return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
+            }
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
@@ -178,7 +191,13 @@ impl Session<'_> {
     fn read_available(&mut self) -> Result<bool, LinkError> {
         for _ in 0..READ_BUDGET {
             match self.link.read() {
-                Ok(Some(Inbound::Command(object))) => self.command(&object)?,
+                Ok(Some(Inbound::Command(object))) => {
+                    self.command(&object)?;
+                    if self.rate_close {
+                        // Write the notice, then close (in `serve`).
+                        return Ok(false);
+                    }
+                }
                 Ok(Some(Inbound::Control(Some(reply)))) => {
                     self.unflushed = true;
                     if !self.link.send_sealed(reply)? {
@@ -194,7 +213,28 @@ impl Session<'_> {
     }
 
     fn command(&mut self, object: &protocol::Object) -> Result<(), LinkError> {
-        let command = match protocol::parse_command(object) {
+        let parsed = protocol::parse_command(object);
+        let typing = matches!(parsed, Ok(Command::Chat(ChatCommand::Typing { .. })));
+        match self.rate.check(typing, Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Notify => {
+                info!(
+                    "{} {}: over the command rate limit",
+                    self.link.peer, self.user
+                );
+                return self.reply_error(messages::RATE_LIMITED);
+            }
+            Verdict::Drop => return Ok(()),
+            Verdict::Close => {
+                info!(
+                    "{} {}: kept over the command rate limit, closing",
+                    self.link.peer, self.user
+                );
+                self.rate_close = true;
+                return Ok(());
+            }
+        }
+        let command = match parsed {
             Ok(Command::Chat(command)) => command,
             Ok(Command::Auth(_)) => return self.reply_error(messages::ALREADY_LOGGED_IN),
             Ok(Command::Unknown(_)) => return self.reply_error(messages::UNKNOWN_COMMAND),
@@ -264,6 +304,12 @@ impl Session<'_> {
     /// when the write budget ran out with more to write.
     fn write_pending(&mut self) -> Result<bool, LinkError> {
         self.stage_from_outbox();
+        if self.outbox.close_requested().is_some() {
+            // Closing: what is staged goes back to the dispatcher or to the
+            // store in `finish`, not to the client (the dispatcher may have
+            // pushed final items after its request).
+            return self.flush();
+        }
         if self.write_blocked || self.link.output_held() {
             return self.flush();
         }
@@ -327,8 +373,13 @@ impl Session<'_> {
         if self.link.flush()? {
             self.unflushed = false;
             self.write_blocked = false;
-            self.offline
-                .flushed(&self.user, self.services.store.as_ref());
+            if self
+                .offline
+                .flushed(&self.user, self.services.store.as_ref())
+            {
+                // The mailbox shrank: count it afresh for the quota.
+                self.services.mailboxes.forget(&self.user);
+            }
         } else {
             self.write_blocked = true;
         }
@@ -350,12 +401,37 @@ impl Session<'_> {
     /// Stores a message this user sent to an offline recipient; a failure
     /// is reported to the sender, never silent.
     fn store_for_recipient(&mut self, recipient: &str, payload: &Value) {
+        let services = self.services;
+        let reserved = services.mailboxes.reserve(recipient, Instant::now(), || {
+            services.store.count_offline(recipient)
+        });
+        match reserved {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(
+                    "{} {}: offline message for {recipient} refused: mailbox full",
+                    self.link.peer, self.user
+                );
+                self.staged
+                    .push_back(Staged::Reply(protocol::error(messages::MAILBOX_FULL)));
+                return;
+            }
+            Err(error) => {
+                warn!(
+                    "{} {}: mailbox of {recipient} not counted: {error}",
+                    self.link.peer, self.user
+                );
+                self.staged
+                    .push_back(Staged::Reply(protocol::error(messages::STORE_UNAVAILABLE)));
+                return;
+            }
+        }
         let text = payload.to_string();
-        let error = match self
-            .services
-            .store
-            .store_offline(&self.user, recipient, &text)
-        {
+        let stored = services.store.store_offline(&self.user, recipient, &text);
+        if stored.is_err() {
+            services.mailboxes.release(recipient);
+        }
+        let error = match stored {
             Ok(_) => return,
             Err(StoreError::PayloadTooLarge) => messages::PAYLOAD_TOO_LARGE,
             Err(error) => {
@@ -388,9 +464,16 @@ impl Session<'_> {
             done,
         };
         if self.services.dispatcher.send(closed).is_ok() {
-            // The dispatcher answers at once; after that it never pushes to
-            // this outbox again, so what is left in it is final.
-            let _ = wait.recv();
+            // The dispatcher answers at once (also while shutting down);
+            // after that it never pushes to this outbox again, so what is
+            // left in it is final. The bound only guards against an envelope
+            // left in the queue of a dispatcher that has already exited.
+            if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(CLOSED_ANSWER_WAIT) {
+                warn!(
+                    "{} {}: no answer from the dispatcher to the close",
+                    self.link.peer, self.user
+                );
+            }
         }
         self.offline
             .finish(&self.user, &self.services.offline_claims);

@@ -97,6 +97,18 @@ impl TestServer {
         })
     }
 
+    /// A server on a store the test built (e.g. a wrapper that injects
+    /// faults); `sqlite_path` is removed afterwards.
+    pub fn start_on_store(
+        store: Arc<dyn Store>,
+        sqlite_path: Option<PathBuf>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut config = test_config();
+        adjust(&mut config);
+        TestServer::start_on(config, store, None, sqlite_path).expect("server starts")
+    }
+
     /// Starts a server on an existing MySQL test database (e.g. a seed one).
     pub fn start_on_mysql(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let store: Arc<dyn Store> =
