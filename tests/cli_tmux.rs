@@ -69,7 +69,7 @@ impl Tmux {
 
     /// Waits until the pane satisfies `pred`; fails with the pane shown.
     fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let pane = self.pane();
             if pred(&pane) {

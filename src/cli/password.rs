@@ -50,10 +50,11 @@ fn ask(prompt: &str) -> CliResult<String> {
             "stdin is not a terminal: pass the password with --password-stdin",
         ));
     }
-    eprint!("{prompt}");
-    let _ = std::io::stderr().flush();
+    // Echo goes off before the prompt shows, so nothing typed at once echoes.
     let mode = TermMode::no_echo(term::STDIN)
         .map_err(|e| Failure::usage(format!("cannot turn off echo: {e}")))?;
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
     let line = read_line();
     drop(mode);
     eprintln!();
