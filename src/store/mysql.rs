@@ -77,6 +77,9 @@ impl MysqlSettings {
         OptsBuilder::new()
             .ip_or_hostname(Some(self.host.clone()))
             .tcp_port(self.port)
+            // Talk to the configured address only: no silent switch to the
+            // server's Unix socket, whose failures the timeouts do not cover.
+            .prefer_socket(false)
             .user(non_empty(&self.user))
             .pass(non_empty(&self.password))
             .tcp_connect_timeout(Some(CONNECT_TIMEOUT))

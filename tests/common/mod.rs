@@ -80,7 +80,7 @@ impl TestServer {
         TestServer::start_on(config, store, mysql, sqlite_path)
     }
 
-    fn start_on(
+    pub fn start_on(
         config: Config,
         store: Arc<dyn Store>,
         mysql: Option<TestDb>,
