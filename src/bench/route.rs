@@ -92,7 +92,19 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
                 for seq in 0..msgs {
                     // Wait for room in the window, reading our own connection
                     // meanwhile (renewals, user lists).
+                    let mut seen_count = counts[i].load(Ordering::Acquire);
+                    let mut progress_at = Instant::now();
                     while seq - counts[i].load(Ordering::Acquire) >= window {
+                        let now_count = counts[i].load(Ordering::Acquire);
+                        if now_count != seen_count {
+                            (seen_count, progress_at) = (now_count, Instant::now());
+                        } else if progress_at.elapsed() >= IDLE {
+                            errors.lock().unwrap().push(format!(
+                                "sender {i}: window stuck at seq {seq} for {IDLE:?} (messages lost?)"
+                            ));
+                            drop(tx);
+                            return;
+                        }
                         if readable(&mut tx) {
                             if let Err(e) = tx.connection().recv(Duration::from_millis(1)) {
                                 errors.lock().unwrap().push(format!("sender {i}: {e}"));
@@ -116,7 +128,7 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
                 while counts[i].load(Ordering::Acquire) < msgs && Instant::now() < deadline {
                     let _ = tx.connection().recv(Duration::from_millis(5));
                 }
-                tx.close();
+                drop(tx);
             });
             sender_threads.push(handle.thread().clone());
         }
@@ -169,7 +181,7 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
                 }
                 got.renewals = rx.connection().renewals_completed();
                 results.lock().unwrap().push(got);
-                rx.close();
+                drop(rx); // no close handshake: fast, and never blocks the report
             });
         }
         barrier.wait();
