@@ -94,7 +94,7 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
             });
         }
         let progress = Progress::new("hold: login", n);
-        let logins = std::thread::scope(|p| {
+        std::thread::scope(|p| {
             for _ in 0..args.threads.max(1) {
                 p.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -121,7 +121,6 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                 });
             }
         });
-        let _: () = logins;
         last_login = Instant::now();
         progress.finish();
         // Wait for the observers to converge, or the timeout.
