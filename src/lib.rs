@@ -10,6 +10,7 @@
 //! [`store`] (MySQL/MariaDB or embedded SQLite). [`client`] is the same
 //! protocol from the other side, for tests, tools and benchmarks.
 
+pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod client;

@@ -1,0 +1,198 @@
+//! `hold --users N`: registers N fresh users, then challenge-logs them all in
+//! with a pool of login threads and keeps the connections open (the
+//! `Client`s stay alive in a `Vec`; they do not read). A few observer
+//! clients, logged in first, read presence and time when they see everyone.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::args::HoldArgs;
+use super::route::login;
+use super::stats::{register_all, round, run_prefix, Percentiles, ProcSample, Progress};
+use crate::client::{Client, ConnectOptions};
+
+/// What one observer saw.
+struct Observed {
+    /// When it first saw all N users online (None: never).
+    converged_at: Option<Instant>,
+    list_frames: u64,
+    list_bytes: u64,
+}
+
+pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
+    let n = args.users;
+    let prefix = run_prefix("h");
+    let names: Vec<String> = (0..n + args.observers)
+        .map(|i| format!("{prefix}{i}"))
+        .collect();
+    let reg_start = Instant::now();
+    let (users, _) = register_all(url, &names, args.register_threads, "hold: register")?;
+    let reg_secs = reg_start.elapsed().as_secs_f64();
+    let (watchers, users) = users.split_at(args.observers);
+    let targets: HashSet<String> = users.iter().map(|u| u.name.to_lowercase()).collect();
+    let options = ConnectOptions::default();
+    let mut observers = Vec::new();
+    for w in watchers {
+        let mut c = login(url, w, &options)?;
+        c.open_home()?;
+        observers.push(c);
+    }
+    let stop = AtomicBool::new(false);
+    let converged = AtomicUsize::new(0);
+    let observed = Mutex::new(Vec::new());
+    let clients: Mutex<Vec<Client>> = Mutex::new(Vec::with_capacity(n));
+    let latencies = Mutex::new(Vec::with_capacity(n));
+    let failures = Mutex::new(Vec::<String>::new());
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let start = Instant::now();
+    let mut last_login = start;
+    let converge_timeout = Duration::from_secs(args.converge_timeout);
+    std::thread::scope(|s| {
+        for mut obs in observers.drain(..) {
+            let (stop, observed, targets, converged) = (&stop, &observed, &targets, &converged);
+            s.spawn(move || {
+                let mut seen = Observed {
+                    converged_at: None,
+                    list_frames: 0,
+                    list_bytes: 0,
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let cmd = match obs.connection().recv(Duration::from_millis(50)) {
+                        Ok(Some(c)) => c,
+                        Ok(None) => continue,
+                        Err(_) => break,
+                    };
+                    if cmd.get("type").and_then(Value::as_str) != Some("user_list_update") {
+                        continue;
+                    }
+                    seen.list_frames += 1;
+                    let online = cmd["users"].as_array().map_or(0, |list| {
+                        list.iter()
+                            .filter(|u| {
+                                u["isOnline"].as_bool() == Some(true)
+                                    && u["username"]
+                                        .as_str()
+                                        .is_some_and(|n| targets.contains(&n.to_lowercase()))
+                            })
+                            .count()
+                    });
+                    let bytes = Value::Object(cmd).to_string().len() as u64;
+                    seen.list_bytes += bytes;
+                    if online == targets.len() && seen.converged_at.is_none() {
+                        seen.converged_at = Some(Instant::now());
+                        converged.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                observed.lock().unwrap().push(seen);
+                obs.close();
+            });
+        }
+        let progress = Progress::new("hold: login", n);
+        std::thread::scope(|p| {
+            for _ in 0..args.threads.max(1) {
+                p.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= users.len() {
+                        return;
+                    }
+                    let t = Instant::now();
+                    // Like the mobile client: log in, then open the home
+                    // screen (user list, offline messages).
+                    match login(url, &users[i], &options).and_then(|mut c| {
+                        c.open_home()?;
+                        Ok(c)
+                    }) {
+                        Ok(c) => {
+                            latencies
+                                .lock()
+                                .unwrap()
+                                .push(t.elapsed().as_nanos() as u64);
+                            clients.lock().unwrap().push(c);
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
+                    }
+                    progress.tick(done.fetch_add(1, Ordering::Relaxed) + 1);
+                });
+            }
+        });
+        last_login = Instant::now();
+        progress.finish();
+        // Wait for the observers to converge, or the timeout.
+        let deadline = last_login + converge_timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if converged.load(Ordering::Relaxed) >= args.observers {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let login_secs = last_login.duration_since(start).as_secs_f64();
+    let failures = failures.into_inner().unwrap();
+    let connected = clients.lock().unwrap().len();
+    let server = args.server_pid.map(ProcSample::read).transpose()?;
+    let mut lat = latencies.into_inner().unwrap();
+    let p = Percentiles::of(&mut lat);
+    let observed = observed.into_inner().unwrap();
+    let converge: Vec<Option<f64>> = observed
+        .iter()
+        .map(|o| {
+            o.converged_at
+                .map(|t| t.saturating_duration_since(last_login).as_secs_f64())
+        })
+        .collect();
+    let worst = if converge.iter().all(Option::is_some) {
+        converge.iter().flatten().cloned().fold(0.0, f64::max)
+    } else {
+        f64::NAN
+    };
+    let frames: u64 = observed.iter().map(|o| o.list_frames).sum();
+    let bytes: u64 = observed.iter().map(|o| o.list_bytes).sum();
+    let per_obs_bytes = bytes / observed.len().max(1) as u64;
+    let rate = connected as f64 / login_secs.max(1e-9);
+    println!(
+        "hold: {connected}/{n} users logged in ({} failed) in {login_secs:.2} s = {rate:.0} logins/s ({} threads); registration took {reg_secs:.1} s",
+        failures.len(),
+        args.threads
+    );
+    println!("  login latency {}", p.human());
+    println!(
+        "  observers saw everyone online {} after the last login; user_list_update per observer: {} frames, {} bytes",
+        if worst.is_nan() { "NEVER (timeout)".to_string() } else { format!("{worst:.3} s") },
+        frames / observed.len().max(1) as u64,
+        per_obs_bytes
+    );
+    let mut out = json!({
+        "scenario": "hold",
+        "users": n,
+        "connected": connected,
+        "failed": failures.len(),
+        "first_failures": failures.iter().take(3).collect::<Vec<_>>(),
+        "login_secs": round(login_secs * 1000.0) / 1000.0,
+        "logins_per_sec": round(rate),
+        "login_latency": p.json(),
+        "converged_secs_after_last_login": if worst.is_nan() { Value::Null } else { json!(round(worst * 1000.0) / 1000.0) },
+        "observers": observed.len(),
+        "list_frames_per_observer": frames / observed.len().max(1) as u64,
+        "list_bytes_per_observer": per_obs_bytes,
+        "list_bytes_all_clients_estimate": per_obs_bytes * (n + args.observers) as u64,
+    });
+    if let Some(sv) = server {
+        println!(
+            "  server once connected: RSS {} MiB, {} threads",
+            sv.rss_kib / 1024,
+            sv.threads
+        );
+        out["server_rss_kib"] = json!(sv.rss_kib);
+        out["server_threads"] = json!(sv.threads);
+    }
+    // Dropping the clients closes their sockets (no close handshake: fast).
+    drop(clients);
+    Ok(out)
+}
