@@ -1,4 +1,4 @@
-//! Offline quota per recipient (docs/limits.md): at most `quota` stored
+//! Offline quota per recipient (README.md, "Limits and security"): at most `quota` stored
 //! messages wait for one user; beyond, the sender gets `ERROR` "mailbox
 //! full" and the message is not stored (never silently dropped).
 //!

@@ -1,4 +1,4 @@
-//! Per-connection command rate limit after login (docs/limits.md): a token
+//! Per-connection command rate limit after login (README.md, "Limits and security"): a token
 //! bucket for all chat commands and a smaller one for typing notices. Pure:
 //! time is passed in, so the unit tests drive a fake clock.
 //!

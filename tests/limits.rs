@@ -1,4 +1,4 @@
-//! Limits and liveness (issue 3, docs/limits.md): each test shows a limit
+//! Limits and liveness (issue 3, README.md, "Limits and security"): each test shows a limit
 //! holding and the server still serving others afterwards. Settings are
 //! short here so the suite stays fast.
 

@@ -1,4 +1,4 @@
-//! Panic isolation (docs/limits.md, "Faults"): a panic in one connection
+//! Panic isolation (README.md, "Limits and security", "Faults"): a panic in one connection
 //! thread ends that connection only. The trigger is a store, supplied by
 //! this test, that panics on one name; production code has no test hook.
 

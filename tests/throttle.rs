@@ -1,5 +1,5 @@
 //! Login and registration throttling (PROTOCOL.md section 3,
-//! docs/limits.md): each test shows the limit holding, answered at once, and
+//! README.md, "Limits and security"): each test shows the limit holding, answered at once, and
 //! the server still serving others.
 
 mod common;
