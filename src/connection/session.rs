@@ -349,9 +349,15 @@ impl Session<'_> {
                 return Some(frame.text);
             }
         }
-        match self.staged.pop_front()? {
-            Staged::Reply(text) => Some(text),
-            Staged::Item(item) => Some(item_text(&item)),
+        loop {
+            match self.staged.pop_front()? {
+                Staged::Reply(text) => return Some(text),
+                Staged::Item(item) => {
+                    if let Some(text) = item_text(&item) {
+                        return Some(text);
+                    }
+                }
+            }
         }
     }
 
@@ -535,8 +541,10 @@ impl Session<'_> {
     }
 }
 
-fn item_text(item: &Outgoing) -> String {
-    match item {
+/// The frame text of a deliverable item; `None` for a store request, which
+/// is handled when staged and never written to the client.
+fn item_text(item: &Outgoing) -> Option<String> {
+    Some(match item {
         Outgoing::Relay {
             kind,
             from,
@@ -544,8 +552,8 @@ fn item_text(item: &Outgoing) -> String {
         } => protocol::relay(*kind, from, payload),
         Outgoing::Typing { from, is_typing } => protocol::typing_status(from, *is_typing),
         Outgoing::Error(message) => protocol::error(message),
-        Outgoing::StoreOffline { .. } => String::new(),
-    }
+        Outgoing::StoreOffline { .. } => return None,
+    })
 }
 
 fn close_reason(end: &End) -> (Option<u16>, String) {
