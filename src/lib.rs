@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod dispatcher;
+pub mod http;
 pub mod outbox;
 pub mod password;
 pub mod presence;

@@ -24,6 +24,7 @@ use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
+use crate::http::Router;
 use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
@@ -128,6 +129,7 @@ impl ServerHandle {
             dispatcher: dispatcher_tx.clone(),
             passwords,
             offline_claims: OfflineClaims::default(),
+            http: Router::new(),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));

@@ -7,8 +7,8 @@
 //! client; it becomes non-blocking in the session loop, which also waits for
 //! the dispatcher's wake-ups.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ use tungstenite::{Message, WebSocket};
 
 use crate::channel::{ChannelError, Inbound, RenewalPolicy, ServerChannel};
 use crate::waker::Waker;
+
+use super::socket::Socket;
 
 /// Bytes buffered before tungstenite writes to the socket by itself; the
 /// session loop flushes after each batch anyway.
@@ -95,64 +97,6 @@ impl LinkError {
     }
 }
 
-/// The client's socket with an optional deadline: while one is set, every
-/// read and write may only block until it, and fails with `TimedOut` once
-/// it has passed. So a client trickling a byte at a time (slowloris) cannot
-/// stretch the upgrade, the handshake or an auth command past its deadline,
-/// as a per-read timeout would let it.
-pub struct Socket {
-    stream: TcpStream,
-    deadline: Option<Instant>,
-}
-
-impl Socket {
-    fn left(&self) -> io::Result<Option<Duration>> {
-        match self.deadline {
-            None => Ok(None),
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    Err(io::ErrorKind::TimedOut.into())
-                } else {
-                    Ok(Some(left))
-                }
-            }
-        }
-    }
-
-    fn timed_out(&self, error: io::Error) -> io::Error {
-        if self.deadline.is_some() && error.kind() == io::ErrorKind::WouldBlock {
-            io::ErrorKind::TimedOut.into()
-        } else {
-            error
-        }
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(left) = self.left()? {
-            self.stream.set_read_timeout(Some(left))?;
-        }
-        self.stream.read(buf).map_err(|error| self.timed_out(error))
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(left) = self.left()? {
-            self.stream.set_write_timeout(Some(left))?;
-        }
-        self.stream
-            .write(buf)
-            .map_err(|error| self.timed_out(error))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
 /// What `poll` reported.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Readiness {
@@ -171,20 +115,15 @@ pub struct Link {
 
 impl Link {
     /// Upgrades `stream` to a WebSocket and runs the channel handshake. Both
-    /// must finish within `handshake_timeout` (a deadline for the whole, not
-    /// per read).
+    /// must finish within the socket's deadline (one for the whole phase,
+    /// not per read).
     pub fn accept(
-        stream: TcpStream,
+        stream: Socket,
         peer: SocketAddr,
         max_message_bytes: usize,
         renewal: RenewalPolicy,
-        handshake_timeout: Duration,
     ) -> Result<Link, LinkError> {
-        stream.set_nodelay(true).map_err(LinkError::Io)?;
-        let stream = Socket {
-            stream,
-            deadline: Some(Instant::now() + handshake_timeout),
-        };
+        stream.stream().set_nodelay(true).map_err(LinkError::Io)?;
         let config = WebSocketConfig {
             write_buffer_size: WRITE_BUFFER_BYTES,
             max_message_size: Some(max_message_bytes),
@@ -445,7 +384,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// were read; then shuts it down. Closing a socket with unread input makes
 /// the kernel send a reset, which can destroy our last frames (an `ERROR`
 /// notice, the close frame) before the peer has read them.
-fn linger(socket: &TcpStream) {
+pub(crate) fn linger(socket: &std::net::TcpStream) {
     use std::io::Read;
     let deadline = Instant::now() + CLOSE_DEADLINE;
     if socket.shutdown(Shutdown::Write).is_ok() {

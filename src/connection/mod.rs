@@ -1,5 +1,7 @@
 //! One client connection, on its own OS thread, from upgrade to close:
 //!
+//! 0. [`crate::http::read_head`]: the request head; a plain HTTP request
+//!    (the web page, `/healthz`, ...) is answered by the router and closed;
 //! 1. [`link::Link::accept`]: WebSocket upgrade and channel handshake;
 //! 2. [`auth::authenticate`]: register / password login / challenge login,
 //!    blocking on this thread (argon2 and the store run here, never on the
@@ -24,15 +26,18 @@ pub mod auth;
 pub mod link;
 pub mod offline;
 pub mod session;
+pub mod socket;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use log::{debug, info};
 
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
+use crate::http::{self, RequestHead, Router};
 use crate::password::{HashGate, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::Store;
@@ -40,6 +45,7 @@ use crate::throttle::AuthThrottle;
 
 use self::link::{Link, LinkError};
 use self::offline::OfflineClaims;
+use self::socket::Socket;
 
 /// What every connection thread shares.
 pub struct Services {
@@ -54,6 +60,8 @@ pub struct Services {
     pub throttle: AuthThrottle,
     /// Offline quota per recipient.
     pub mailboxes: MailboxQuota,
+    /// What plain HTTP requests on the chat port are answered with.
+    pub http: Router,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every
@@ -64,12 +72,26 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
     if let Err(error) = tune_socket(&stream, config) {
         info!("{peer}: socket options not set: {error}");
     }
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut socket = Socket::new(stream, Some(deadline));
+    let head = match http::read_head(&mut socket) {
+        Ok(head) => head,
+        Err(error) => {
+            info!("{peer}: no valid request: {error}");
+            answer_bad_request(socket, &error);
+            return;
+        }
+    };
+    if !head.is_websocket_upgrade() {
+        answer_http(socket, &head, peer, &services.http);
+        return;
+    }
+    socket.replay(head.raw);
     let mut link = match Link::accept(
-        stream,
+        socket,
         peer,
         config.max_auth_message_bytes,
         config.renewal.clone(),
-        config.handshake_timeout,
     ) {
         Ok(link) => link,
         Err(error) => {
@@ -95,6 +117,36 @@ fn tune_socket(stream: &TcpStream, config: &Config) -> std::io::Result<()> {
         .with_retries(3);
     socket.set_tcp_keepalive(&keepalive)?;
     socket.set_tcp_user_timeout(Some(config.tcp_user_timeout))
+}
+
+/// Answers one plain HTTP request and closes the connection.
+fn answer_http(mut socket: Socket, head: &RequestHead, peer: SocketAddr, router: &Router) {
+    let response = router.respond(head, peer);
+    info!(
+        "{peer}: {} {} -> {}",
+        head.method,
+        head.path(),
+        response.status
+    );
+    if let Err(error) = response.write_to(&mut socket, head.method == "HEAD") {
+        debug!("{peer}: response not written: {error}");
+    }
+    link::linger(socket.stream());
+}
+
+/// Tells a client whose request could not be read why, when it is still
+/// there to hear it.
+fn answer_bad_request(mut socket: Socket, error: &http::HttpError) {
+    let status = match error {
+        http::HttpError::TooLarge => 431,
+        http::HttpError::Malformed(_) => 400,
+        http::HttpError::Closed | http::HttpError::Io(_) => {
+            link::linger(socket.stream());
+            return;
+        }
+    };
+    let _ = http::Response::text(status, format!("{error}\n")).write_to(&mut socket, false);
+    link::linger(socket.stream());
 }
 
 fn end_before_login(link: Link, error: &LinkError) {

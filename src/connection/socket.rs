@@ -1,0 +1,143 @@
+//! [`Socket`]: a client's TCP stream with a whole-phase deadline and a
+//! replay buffer.
+//!
+//! The deadline: while one is set, every read and write may only block until
+//! it, and fails with `TimedOut` once it has passed. So a client trickling a
+//! byte at a time (slowloris) cannot stretch the request head, the upgrade,
+//! the handshake or an auth command past its deadline, as a per-read timeout
+//! would let it.
+//!
+//! The replay buffer: the HTTP front door ([`crate::http`]) reads the request
+//! head itself to decide between a page and a WebSocket upgrade; for an
+//! upgrade those bytes are replayed, so tungstenite reads the request whole.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+pub struct Socket {
+    pub(crate) stream: TcpStream,
+    pub(crate) deadline: Option<Instant>,
+    replay: Vec<u8>,
+    replayed: usize,
+}
+
+impl Socket {
+    /// Wraps `stream`; blocking reads and writes must end by `deadline`.
+    pub fn new(stream: TcpStream, deadline: Option<Instant>) -> Socket {
+        Socket {
+            stream,
+            deadline,
+            replay: Vec::new(),
+            replayed: 0,
+        }
+    }
+
+    /// Bytes to hand out again before reading the stream (already read
+    /// request bytes).
+    pub fn replay(&mut self, bytes: Vec<u8>) {
+        self.replay = bytes;
+        self.replayed = 0;
+    }
+
+    /// The underlying stream (socket options, `poll`).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    fn left(&self) -> io::Result<Option<Duration>> {
+        match self.deadline {
+            None => Ok(None),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Err(io::ErrorKind::TimedOut.into())
+                } else {
+                    Ok(Some(left))
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, error: io::Error) -> io::Error {
+        if self.deadline.is_some() && error.kind() == io::ErrorKind::WouldBlock {
+            io::ErrorKind::TimedOut.into()
+        } else {
+            error
+        }
+    }
+
+    fn read_replay(&mut self, buf: &mut [u8]) -> usize {
+        let pending = &self.replay[self.replayed..];
+        let count = pending.len().min(buf.len());
+        buf[..count].copy_from_slice(&pending[..count]);
+        self.replayed += count;
+        if self.replayed == self.replay.len() {
+            self.replay = Vec::new();
+            self.replayed = 0;
+        }
+        count
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.replayed < self.replay.len() {
+            return Ok(self.read_replay(buf));
+        }
+        if let Some(left) = self.left()? {
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf).map_err(|error| self.timed_out(error))
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(left) = self.left()? {
+            self.stream.set_write_timeout(Some(left))?;
+        }
+        self.stream
+            .write(buf)
+            .map_err(|error| self.timed_out(error))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
+    #[test]
+    fn replayed_bytes_come_before_the_stream() {
+        let (mut client, server) = pair();
+        client.write_all(b" world").expect("write");
+        let mut socket = Socket::new(server, None);
+        socket.replay(b"hello".to_vec());
+        let mut out = [0u8; 11];
+        let mut filled = 0;
+        while filled < out.len() {
+            filled += socket.read(&mut out[filled..]).expect("read");
+        }
+        assert_eq!(&out, b"hello world");
+    }
+
+    #[test]
+    fn a_passed_deadline_fails_reads_with_timed_out() {
+        let (_client, server) = pair();
+        let mut socket = Socket::new(server, Some(Instant::now() + Duration::from_millis(50)));
+        let error = socket.read(&mut [0u8; 4]).expect_err("nothing was sent");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+}
