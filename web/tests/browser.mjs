@@ -14,9 +14,9 @@ if (!url || !botName || !artefacts) {
 }
 mkdirSync(artefacts, { recursive: true });
 const WAIT = 15000;
-const suffix = Math.random().toString(36).slice(2, 7);
-const ann = `ann_${suffix}`;
-const ben = `ben_${suffix}`;
+const suffix = process.env.CHAT_WEB_NAME_SUFFIX ?? `_${Math.random().toString(36).slice(2, 7)}`;
+const ann = `ann${suffix}`;
+const ben = `ben${suffix}`;
 const password = 'correct horse battery';
 const problems = [];
 
