@@ -8,7 +8,8 @@
 //! pushes into the recipient's [`outbox`] -> the recipient's connection
 //! thread seals and writes it. Users and offline messages live in a
 //! [`store`] (MySQL/MariaDB or embedded SQLite). [`client`] is the same
-//! protocol from the other side, for tests, tools and benchmarks.
+//! protocol from the other side, for tests, tools and benchmarks; [`web`]
+//! serves the browser client on the same port.
 
 pub mod bench;
 pub mod channel;
@@ -29,3 +30,4 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod waker;
+pub mod web;

@@ -30,6 +30,14 @@ use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 use crate::throttle::AuthThrottle;
+use crate::web::WebClient;
+
+/// The plain-HTTP handlers of the chat port.
+fn http_router() -> Router {
+    let mut router = Router::new();
+    router.add(WebClient::new());
+    router
+}
 
 /// Stack of a connection thread. Release builds need little (argon2 and
 /// JSON work on the heap); debug builds get more for their bigger frames.
@@ -129,7 +137,7 @@ impl ServerHandle {
             dispatcher: dispatcher_tx.clone(),
             passwords,
             offline_claims: OfflineClaims::default(),
-            http: Router::new(),
+            http: http_router(),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
