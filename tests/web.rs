@@ -42,15 +42,19 @@ fn missing_tools(web: &Path) -> Option<String> {
     None
 }
 
-/// Answers every message with "echo: <text>" until `stop`; returns what it got.
+/// Until `stop`: answers "greet <name>" by writing "hello from rust" to
+/// <name> (a session the bot starts), and any other message with
+/// "echo: <text>". Returns what it received.
 fn echo_bot(mut client: chat_server::client::Client, stop: Arc<AtomicBool>) -> Vec<String> {
     let mut received = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match client.next_event(Duration::from_millis(200)) {
             Ok(Some(Event::Message { from, text })) => {
-                client
-                    .send_message(&from, &format!("echo: {text}"))
-                    .expect("echo");
+                match text.strip_prefix("greet ") {
+                    Some(name) => client.send_message(name, "hello from rust"),
+                    None => client.send_message(&from, &format!("echo: {text}")),
+                }
+                .expect("bot answer");
                 received.push(text);
             }
             Ok(_) => {}
@@ -104,7 +108,10 @@ fn the_web_client_chats_with_browsers_and_the_rust_client() {
         artefacts.display()
     );
     assert!(stdout.contains("browser scenarios passed"), "{stdout}");
-    assert_eq!(received, vec!["hello bot from the browser".to_string()]);
+    assert_eq!(received.len(), 3, "{received:?}");
+    assert_eq!(received[0], "hello bot from the browser");
+    assert!(received[1].starts_with("greet "), "{received:?}");
+    assert_eq!(received[2], "hi rust");
     println!("screenshots: {}", artefacts.display());
 }
 

@@ -1,7 +1,8 @@
 // Browser scenarios of the web client, driven by playwright-core on Debian's
 // chromium. Run by tests/web.rs against a real server:
 //   node web/tests/browser.mjs <http url> <name of a Rust echo bot> <artefact dir>
-// The bot (the crate's own client; "-" for none) answers every message with "echo: <text>".
+// The bot (the crate's own client; "-" for none) answers every message with
+// "echo: <text>", and "greet <name>" by writing "hello from rust" to <name>.
 // Prints "ok - <scenario>" per scenario; exits non-zero at the first failure.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -144,6 +145,13 @@ try {
     await say(annPage, 'hello bot from the browser');
     await sees(annPage, 'echo: hello bot from the browser');
     ok('a browser and the Rust client chat both ways');
+    // The bot starts a session of its own with Ben (Ben's page answers the handshake).
+    await say(annPage, `greet ${ben}`);
+    await open(benPage, botName);
+    await sees(benPage, 'hello from rust');
+    await say(benPage, 'hi rust');
+    await sees(benPage, 'echo: hi rust');
+    ok('the Rust client starts a session with a browser, and they chat both ways');
   }
   await open(annPage, ben);
   await shot(annPage, '03-chat-desktop');
