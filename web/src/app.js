@@ -516,13 +516,19 @@ function renderConversation() {
   list.scrollTop = list.scrollHeight;
 }
 
+/** Logs out and forgets this user's keys here (classroom computers are shared). */
 async function logout() {
   const channel = state.channel;
+  const me = state.me;
   state.me = null;
   state.channel = null;
   clearTimeout(state.reconnectTimer);
   if (channel) channel.close();
   await store.remove('last_user');
+  if (me) {
+    await store.remove(identityKey(me));
+    await store.remove(`peers:${lower(me)}`);
+  }
   resetChatState();
   document.body.classList.remove('show-conversation');
   showAuth();

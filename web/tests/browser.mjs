@@ -200,6 +200,13 @@ try {
   await shot(annPage, '07-key-changed');
   ok('a peer whose key changed is chatted with, under a visible warning');
 
+  await annPage.locator('#logout').click();
+  await annPage.locator('#auth-view').waitFor();
+  await annPage.reload();
+  await annPage.locator('#auth-view').waitFor();
+  if ((await annPage.locator('#status').textContent()) !== 'Not logged in') throw new Error('logged in again after logging out');
+  ok('log out forgets the key: a reload asks for the password again');
+
   if (problems.length) throw new Error(`console problems:\n${problems.join('\n')}`);
   ok('no console errors or warnings');
   await browser.close();
