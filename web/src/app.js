@@ -1,7 +1,7 @@
 // The page: log in or register, then chat end to end with anyone listed.
 // Everything a person sees is set with textContent (never HTML from peers).
 import { Channel, nextCommand } from './channel.js';
-import { PeerSession } from './peer.js';
+import { PeerSession, HANDSHAKE_STALL_MS } from './peer.js';
 import * as c from './crypto.js';
 import * as store from './store.js';
 
@@ -332,9 +332,27 @@ function onUserList(users) {
     .filter((u) => u && typeof u.username === 'string')
     .map((u) => ({ username: u.username, isOnline: u.isOnline === true }));
   for (const s of state.sessions.values()) {
-    if (s.outbox.length && !s.inProgress() && userOnline(s.peer)) s.start();
+    if (!s.outbox.length) continue;
+    if (!userOnline(s.peer)) {
+      s.outbox = [];
+      s.phase = { name: 'idle' };
+      markQueued(s.peer, 'peer-left');
+    } else if (!s.inProgress()) {
+      s.start();
+    }
   }
   render();
+}
+
+/** Restarts a handshake that got no answer while messages wait for it. */
+function watchHandshake(peer) {
+  setTimeout(() => {
+    const s = state.sessions.get(lower(peer));
+    if (s && s.inProgress() && s.outbox.length && userOnline(peer) && state.channel) {
+      s.start();
+      watchHandshake(peer);
+    }
+  }, HANDSHAKE_STALL_MS + 100);
 }
 
 function onPublicKey(username, publicKey) {
@@ -408,6 +426,7 @@ function onSend(event) {
     });
   } else {
     const status = outcome === 'queued' ? 'queued' : online ? 'sent' : 'stored';
+    if (outcome === 'queued') watchHandshake(peer);
     addMessage(peer, { mine: true, text, status, at: new Date() });
     $('message').value = '';
     if (outcome === 'sent') savePeers();
@@ -422,6 +441,7 @@ const STATUS_TEXT = {
   queued: 'waiting for a secure session…',
   stored: 'peer offline: stored on the server until they log in',
   failed: 'not sent: the secure session failed',
+  'peer-left': 'not sent: they went offline before the secure session was ready',
 };
 
 function render() {
@@ -430,6 +450,9 @@ function render() {
 }
 
 function renderUsers() {
+  let unreadTotal = 0;
+  for (const count of state.unread.values()) unreadTotal += count;
+  document.title = unreadTotal ? `(${unreadTotal}) Secure chat` : 'Secure chat';
   const list = $('user-list');
   list.replaceChildren();
   const others = state.users.filter((u) => !state.me || lower(u.username) !== lower(state.me));
