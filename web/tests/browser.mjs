@@ -59,9 +59,11 @@ async function connected(page, name) {
 }
 
 async function authenticate(page, name, action) {
-  await page.locator('#username').fill(name);
-  await page.locator('#password').fill(action === 'wrong' ? 'not the password' : password);
-  await page.locator(action === 'register' || action === 'taken' ? '#register-btn' : '#login-btn').click();
+  // By accessible names, as a screen reader user finds them.
+  await page.getByLabel('User name').fill(name);
+  await page.getByLabel('Password').fill(action === 'wrong' ? 'not the password' : password);
+  const button = action === 'register' || action === 'taken' ? 'Create account' : 'Log in';
+  await page.getByRole('button', { name: button, exact: true }).click();
 }
 
 async function open(page, peer) {
@@ -72,8 +74,8 @@ async function open(page, peer) {
 }
 
 async function say(page, text) {
-  await page.locator('#message').fill(text);
-  await page.locator('#composer button[type=submit]').click();
+  await page.getByLabel('Message', { exact: true }).fill(text);
+  await page.getByRole('button', { name: 'Send' }).click();
   await page.locator('#messages li.mine', { hasText: text }).last().waitFor();
 }
 
