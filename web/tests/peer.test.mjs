@@ -95,3 +95,89 @@ test('a peer that signs with another key is refused and nothing is delivered', (
   assert.match(failed[0], /bad signature/);
   assert.deepEqual(got.ben, []);
 });
+
+/**
+ * The mobile client's side of the peer layer, as PROTOCOL.md section 4
+ * describes it: it signs the raw peer nonce and never checks signatures.
+ */
+function mobilePeer(name, identity, sendToBrowser) {
+  const me = { keys: null, pair: null, salt: null, got: [] };
+  me.start = () => {
+    me.pair = c.x25519KeyPair();
+    me.salt = c.randomBytes(32);
+    sendToBrowser('E2E_HANDSHAKE', { subType: 'INIT', public_key: c.b64encode(me.pair.publicKey), salt: c.b64encode(me.salt) });
+  };
+  me.handle = (kind, p) => {
+    if (kind === 'E2E_HANDSHAKE' && p.subType === 'INIT') {
+      const pair = c.x25519KeyPair();
+      me.keys = c.deriveKeys(c.agree(pair.secretKey, c.b64decode(p.public_key)), c.b64decode(p.salt), c.E2EE_INFO);
+      sendToBrowser('E2E_HANDSHAKE', { subType: 'RESPONSE', public_key: c.b64encode(pair.publicKey) });
+      me.nonce = c.randomBytes(32);
+      sendToBrowser('E2E_AUTH', { step: 'CHALLENGE_A', payload: c.sealEnvelope(me.keys, c.b64encode(me.nonce)) });
+    } else if (kind === 'E2E_HANDSHAKE' && p.subType === 'RESPONSE') {
+      me.keys = c.deriveKeys(c.agree(me.pair.secretKey, c.b64decode(p.public_key)), me.salt, c.E2EE_INFO);
+    } else if (kind === 'E2E_AUTH' && p.step === 'CHALLENGE_A') {
+      const nonceA = c.b64decode(c.openEnvelope(me.keys, p.payload));
+      const content = { sig: c.b64encode(c.sign(identity.seed, nonceA)), nonce: c.b64encode(c.randomBytes(32)) };
+      sendToBrowser('E2E_AUTH', { step: 'RESPONSE_A_CHALLENGE_B', payload: c.sealEnvelope(me.keys, JSON.stringify(content)) });
+    } else if (kind === 'E2E_AUTH' && p.step === 'RESPONSE_A_CHALLENGE_B') {
+      const content = JSON.parse(c.openEnvelope(me.keys, p.payload));
+      const sig = c.sign(identity.seed, c.b64decode(content.nonce));
+      sendToBrowser('E2E_AUTH', { step: 'RESPONSE_B', payload: c.sealEnvelope(me.keys, c.b64encode(sig)) });
+    } else if (kind === 'E2E_MSG') {
+      me.got.push(c.openEnvelope(me.keys, p));
+    }
+  };
+  me.say = (text) => sendToBrowser('E2E_MSG', c.sealEnvelope(me.keys, text));
+  return me;
+}
+
+function browserAndMobile() {
+  const ids = { web: c.newIdentity(), mob: c.newIdentity() };
+  const queue = [];
+  const got = [];
+  const browser = new PeerSession('web', 'mob', ids.web, {
+    send: (kind, payload) => queue.push({ to: 'mob', kind, payload: JSON.parse(JSON.stringify(payload)) }),
+    fetchIdentity: () => queue.push({ to: 'web', kind: 'KEY', payload: c.b64encode(ids.mob.publicKey) }),
+    ready: () => {},
+    message: (text) => got.push(text),
+    failed: (reason) => assert.fail(reason),
+  });
+  const mobile = mobilePeer('mob', ids.mob, (kind, payload) => queue.push({ to: 'web', kind, payload: JSON.parse(JSON.stringify(payload)) }));
+  const pump = () => {
+    while (queue.length) {
+      const f = queue.shift();
+      if (f.to === 'mob') mobile.handle(f.kind, f.payload);
+      else if (f.kind === 'KEY') browser.setPeerIdentity(f.payload);
+      else browser.handle(f.kind, f.payload);
+    }
+  };
+  return { browser, mobile, got, pump };
+}
+
+test('the browser starts a session with a mobile client (raw signatures accepted)', () => {
+  const { browser, mobile, got, pump } = browserAndMobile();
+  browser.sendMessage('hello phone', true);
+  pump();
+  assert.ok(browser.isReady());
+  assert.deepEqual(mobile.got, ['hello phone']);
+  mobile.say('hello browser');
+  pump();
+  assert.deepEqual(got, ['hello browser']);
+});
+
+test('a mobile client starts a session with the browser, and re-keys later', () => {
+  const { browser, mobile, got, pump } = browserAndMobile();
+  mobile.start();
+  pump();
+  assert.ok(browser.isReady());
+  mobile.say('first');
+  mobile.start();
+  pump();
+  mobile.say('after re-key');
+  pump();
+  assert.deepEqual(got, ['first', 'after re-key']);
+  browser.sendMessage('reply', true);
+  pump();
+  assert.deepEqual(mobile.got, ['reply']);
+});
