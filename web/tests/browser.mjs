@@ -20,6 +20,7 @@ const ann = `ann${suffix}`;
 const ben = `ben${suffix}`;
 const password = 'correct horse battery';
 const problems = [];
+let revalidated = 0;
 
 const browser = await chromium.launch({
   executablePath: process.env.CHAT_CHROMIUM || '/usr/bin/chromium',
@@ -46,6 +47,9 @@ async function newPage(context, label) {
     if (msg.type() === 'error' || msg.type() === 'warning') problems.push(`${label} console ${msg.type()}: ${msg.text()}`);
   });
   page.on('pageerror', (error) => problems.push(`${label} page error: ${error.message}`));
+  page.on('response', (response) => {
+    if (response.status() === 304) revalidated++;
+  });
   await page.goto(url);
   return page;
 }
@@ -208,6 +212,9 @@ try {
   await annPage.locator('#auth-view').waitFor();
   if ((await annPage.locator('#status').textContent()) !== 'Not logged in') throw new Error('logged in again after logging out');
   ok('log out forgets the key: a reload asks for the password again');
+
+  if (!revalidated) throw new Error('no asset was revalidated with its ETag (304)');
+  ok(`cached assets are revalidated: ${revalidated} answers 304 Not Modified`);
 
   if (problems.length) throw new Error(`console problems:\n${problems.join('\n')}`);
   ok('no console errors or warnings');
