@@ -418,7 +418,9 @@ function onSend(event) {
     return;
   }
   const outcome = session(peer).sendMessage(text, online);
-  if (outcome === 'no-keys') {
+  if (outcome === 'full') {
+    addMessage(peer, { notice: true, text: `Not sent: too many messages are waiting for ${peer}'s secure session.`, at: new Date() });
+  } else if (outcome === 'no-keys') {
     addMessage(peer, {
       notice: true,
       text: `Not sent: ${peer} is offline and you have not exchanged keys yet. Send it when ${peer} is online.`,

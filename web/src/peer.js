@@ -9,6 +9,8 @@
 import * as c from './crypto.js';
 
 export const HANDSHAKE_STALL_MS = 10000;
+/** Most messages kept waiting for authentication, each way. */
+export const MAX_WAITING = 256;
 
 const drawLimits = () => ({
   maxMessages: 50 + Math.floor(Math.random() * 51),
@@ -211,7 +213,8 @@ export class PeerSession {
       }
       if (text !== null) {
         if (this.authenticated) this.hooks.message(text);
-        else this.held.push(text);
+        else if (this.held.length < MAX_WAITING) this.held.push(text);
+        else return 'too many messages before authentication';
         return null;
       }
     }
@@ -238,9 +241,11 @@ export class PeerSession {
   /**
    * Sends `text` like the mobile client: now under authenticated keys (also
    * to an offline peer, whose server stores it), or after a handshake with an
-   * online peer. Returns 'sent', 'queued', or 'no-keys' (offline peer, no keys).
+   * online peer. Returns 'sent', 'queued', 'no-keys' (offline peer, no
+   * keys) or 'full' (too many waiting for the handshake).
    */
   sendMessage(text, peerOnline) {
+    if (this.outbox.length >= MAX_WAITING) return 'full';
     if (this.inProgress()) {
       this.outbox.push(text);
       if (peerOnline && Date.now() - this.handshakeSince >= HANDSHAKE_STALL_MS) this.start();

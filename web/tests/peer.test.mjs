@@ -181,3 +181,9 @@ test('a mobile client starts a session with the browser, and re-keys later', () 
   pump();
   assert.deepEqual(mobile.got, ['reply']);
 });
+
+test('messages waiting for a handshake are bounded', () => {
+  const { s } = pair();
+  for (let i = 0; i < 256; i++) assert.equal(s.ann.sendMessage(`m${i}`, true), 'queued');
+  assert.equal(s.ann.sendMessage('one too many', true), 'full');
+});
