@@ -64,17 +64,45 @@ fn echo_bot(mut client: chat_server::client::Client, stop: Arc<AtomicBool>) -> V
     received
 }
 
-#[test]
-fn the_web_client_chats_with_browsers_and_the_rust_client() {
+/// The `web/` folder, or `None` (with the reason printed) when the tools
+/// the web client's tests need are missing and not required.
+fn web_dir_with_tools() -> Option<PathBuf> {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     if let Some(why) = missing_tools(&web) {
         assert!(
             std::env::var(REQUIRE).as_deref() != Ok("1"),
             "{REQUIRE}=1 but the browser test cannot run: {why}"
         );
-        eprintln!("skipping the browser test: {why}");
-        return;
+        eprintln!("skipping the web client test: {why}");
+        return None;
     }
+    Some(web)
+}
+
+#[test]
+fn the_web_client_crypto_passes_its_node_tests() {
+    let Some(web) = web_dir_with_tools() else {
+        return;
+    };
+    let output = Command::new("node")
+        .args(["--test", "tests/"])
+        .current_dir(&web)
+        .output()
+        .expect("run node --test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+}
+
+#[test]
+fn the_web_client_chats_with_browsers_and_the_rust_client() {
+    let Some(web) = web_dir_with_tools() else {
+        return;
+    };
     // Channel keys are renewed every few frames, so the page renews many times.
     let server = TestServer::start_with(Backend::Sqlite, |config| {
         config.renewal.min_frames = 3;
