@@ -3,6 +3,9 @@
 //   node web/tests/browser.mjs <http url> <name of a Rust echo bot> <artefact dir>
 // The bot (the crate's own client; "-" for none) answers every message with
 // "echo: <text>", and "greet <name>" by writing "hello from rust" to <name>.
+// Ann's browser has crypto.subtle removed by an init script; Ben's opens the
+// page as http://classroom-server.test:<port>/ (mapped to 127.0.0.1), which,
+// like a LAN address, is not a secure context: no WebCrypto at all.
 // Prints "ok - <scenario>" per scenario; exits non-zero at the first failure.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -15,6 +18,12 @@ if (!url || !botName || !artefacts) {
 }
 mkdirSync(artefacts, { recursive: true });
 const WAIT = 15000;
+const LAN_HOST = 'classroom-server.test';
+const lanUrl = (() => {
+  const u = new URL(url);
+  u.hostname = LAN_HOST;
+  return u.toString();
+})();
 const suffix = process.env.CHAT_WEB_NAME_SUFFIX ?? `_${Math.random().toString(36).slice(2, 7)}`;
 const ann = `ann${suffix}`;
 const ben = `ben${suffix}`;
@@ -33,6 +42,9 @@ const browser = await chromium.launch({
     '--disable-component-update',
     '--disable-sync',
     '--no-first-run',
+    // A name that is not localhost: pages from it are not a secure context,
+    // like http://<LAN address>:12345/ in a classroom.
+    `--host-resolver-rules=MAP ${LAN_HOST} 127.0.0.1`,
   ],
 });
 
@@ -40,7 +52,7 @@ function ok(what) {
   console.log(`ok - ${what}`);
 }
 
-async function newPage(context, label) {
+async function newPage(context, label, address = url) {
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on('console', (msg) => {
@@ -50,7 +62,7 @@ async function newPage(context, label) {
   page.on('response', (response) => {
     if (response.status() === 304) revalidated++;
   });
-  await page.goto(url);
+  await page.goto(address);
   return page;
 }
 
@@ -119,10 +131,12 @@ try {
   await connected(annPage, ann);
   ok('a browser without crypto.subtle registers and is logged in');
 
-  let benPage = await newPage(benContext, 'ben');
+  let benPage = await newPage(benContext, 'ben', lanUrl);
+  const benOrigin = await benPage.evaluate(() => ({ secure: isSecureContext, subtle: typeof crypto.subtle }));
+  if (benOrigin.secure || benOrigin.subtle !== 'undefined') throw new Error(`${lanUrl} is a secure context`);
   await authenticate(benPage, ben, 'register');
   await connected(benPage, ben);
-  ok('a second browser registers');
+  ok(`a second browser registers from ${LAN_HOST}, an origin that is not a secure context`);
 
   const stranger = await newPage(strangerContext, 'stranger');
   await authenticate(stranger, ann, 'taken');
@@ -167,7 +181,7 @@ try {
   await online(annPage, ben, false);
   await say(annPage, 'Written while you were away');
   await annPage.locator('#messages li.mine', { hasText: 'stored on the server' }).waitFor();
-  benPage = await newPage(benContext, 'ben');
+  benPage = await newPage(benContext, 'ben', lanUrl);
   await connected(benPage, ben);
   await open(benPage, ann);
   await sees(benPage, 'Written while you were away');
