@@ -471,11 +471,12 @@ function renderUsers() {
     button.className = 'user';
     button.dataset.user = user.username;
     const unread = state.unread.get(lower(user.username)) || 0;
-    const label = `${user.username}, ${user.isOnline ? 'online' : 'offline'}${unread ? `, ${unread} unread` : ''}`;
+    const presence = !state.channel ? 'status unknown while reconnecting' : user.isOnline ? 'online' : 'offline';
+    const label = `${user.username}, ${presence}${unread ? `, ${unread} unread` : ''}`;
     button.setAttribute('aria-label', label);
     if (state.selected && lower(state.selected) === lower(user.username)) button.setAttribute('aria-current', 'true');
     const dot = document.createElement('span');
-    dot.className = user.isOnline ? 'dot online' : 'dot';
+    dot.className = state.channel && user.isOnline ? 'dot online' : 'dot';
     dot.setAttribute('aria-hidden', 'true');
     const name = document.createElement('span');
     name.className = 'name';

@@ -176,6 +176,8 @@ try {
   await open(annPage, ben);
   await shot(annPage, '03-chat-desktop');
   await shot(benPage, '04-chat-phone');
+  await benPage.getByRole('button', { name: 'Back to people' }).click();
+  await shot(benPage, '04b-people-phone');
 
   await benPage.close();
   await online(annPage, ben, false);
