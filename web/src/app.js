@@ -363,7 +363,7 @@ function onPublicKey(username, publicKey) {
     state.warnings.set(
       key,
       `${username}'s security key changed. This happens when they log in with a password or on a new device; ` +
-        'if you did not expect it, confirm with them in person before sharing secrets.',
+        'if you did not expect it, compare security codes with them before sharing secrets.',
     );
   }
   state.knownKeys[key] = publicKey;
@@ -515,6 +515,20 @@ function peerStateText(peer) {
     : 'offline · you can write once you have talked while both online';
 }
 
+/** Both security codes, once the peer's identity key is known. */
+function renderCodes(peer) {
+  const known = peer && state.knownKeys[lower(peer)];
+  $('codes').hidden = !known;
+  if (!known) return;
+  $('my-code').textContent = c.securityCode(state.identity.publicKey);
+  $('peer-code-label').textContent = `${peer}'s`;
+  try {
+    $('peer-code').textContent = c.securityCode(c.b64decode(known));
+  } catch {
+    $('peer-code').textContent = 'unreadable key';
+  }
+}
+
 function renderConversation() {
   const peer = state.selected;
   $('composer').hidden = !peer;
@@ -524,6 +538,7 @@ function renderConversation() {
   $('key-warning').hidden = !warning;
   $('key-warning').textContent = warning || '';
   $('typing').textContent = peer && state.typing.get(lower(peer)) ? `${peer} is typing…` : '';
+  renderCodes(peer);
   const list = $('messages');
   list.replaceChildren();
   for (const m of peer ? conversation(peer) : []) {

@@ -154,3 +154,12 @@ export const signPeerNonce = (seed, nonce) => sign(seed, concat(AUTH_SIGNATURE_P
 /** Does `sig` sign `nonce`, prefixed or raw (the mobile client signs it raw)? */
 export const verifyPeerSignature = (publicKey, nonce, sig) =>
   verify(publicKey, concat(AUTH_SIGNATURE_PREFIX, nonce), sig) || verify(publicKey, nonce, sig);
+
+/**
+ * A short code for an identity key that two people can compare in person:
+ * the first 10 bytes of its SHA-256, as five groups of four hex digits.
+ */
+export function securityCode(publicKey) {
+  const hex = Array.from(sha256(publicKey).slice(0, 10), (b) => b.toString(16).padStart(2, '0')).join('');
+  return hex.match(/.{4}/g).join(' ');
+}

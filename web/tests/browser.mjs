@@ -219,8 +219,15 @@ try {
   await annPage.locator('#key-warning', { hasText: 'security key changed' }).waitFor();
   await say(annPage, 'I see your key changed');
   await sees(stranger, 'I see your key changed');
+  await annPage.getByText('Check security codes').click();
+  const annSeesBen = await annPage.locator('#peer-code').textContent();
+  await stranger.getByText('Check security codes').click();
+  const benSeesHimself = await stranger.locator('#my-code').textContent();
+  if (annSeesBen !== benSeesHimself || !/^([0-9a-f]{4} ){4}[0-9a-f]{4}$/.test(annSeesBen)) {
+    throw new Error(`security codes differ: ${annSeesBen} / ${benSeesHimself}`);
+  }
   await shot(annPage, '07-key-changed');
-  ok('a peer whose key changed is chatted with, under a visible warning');
+  ok('a peer whose key changed is chatted with, under a visible warning, and the security codes match');
 
   await annPage.locator('#logout').click();
   await annPage.locator('#auth-view').waitFor();

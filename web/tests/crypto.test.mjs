@@ -75,3 +75,9 @@ test('base64 accepts both alphabets, padded or not, and refuses junk', () => {
   assert.throws(() => c.b64decode('a b'));
   assert.throws(() => c.b64decode('abcde'));
 });
+
+test('security codes are five groups of four hex digits, one per key', () => {
+  const a = c.securityCode(c.newIdentity().publicKey);
+  assert.match(a, /^([0-9a-f]{4} ){4}[0-9a-f]{4}$/);
+  assert.notEqual(a, c.securityCode(c.newIdentity().publicKey));
+});
