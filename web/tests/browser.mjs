@@ -17,6 +17,11 @@ if (!url || !botName || !artefacts) {
   process.exit(2);
 }
 mkdirSync(artefacts, { recursive: true });
+// A hung browser must not hang the test suite (playwright closes it at exit).
+setTimeout(() => {
+  console.error('not ok - the browser scenarios did not finish within 120 s');
+  process.exit(1);
+}, 120000).unref();
 const WAIT = 15000;
 const LAN_HOST = 'classroom-server.test';
 const lanUrl = (() => {
