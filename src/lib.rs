@@ -10,6 +10,7 @@
 //! [`store`] (MySQL/MariaDB or embedded SQLite). [`client`] is the same
 //! protocol from the other side, for tests, tools and benchmarks.
 
+pub mod admin;
 pub mod bench;
 pub mod channel;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod dispatcher;
+pub mod expiry;
 pub mod http;
 pub mod outbox;
 pub mod password;

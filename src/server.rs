@@ -24,6 +24,7 @@ use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
+use crate::expiry::Expiry;
 use crate::http::Router;
 use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::quota::MailboxQuota;
@@ -68,6 +69,8 @@ pub struct ServerHandle {
     dispatcher: Sender<Envelope>,
     accept_thread: Option<JoinHandle<()>>,
     dispatcher_thread: Option<JoinHandle<()>>,
+    /// The offline expiry thread (stops when dropped).
+    _expiry: Option<Expiry>,
 }
 
 /// Opens the configured store.
@@ -117,6 +120,10 @@ impl ServerHandle {
             .spawn(move || dispatcher.run())
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
+        let expiry = match config.offline_max_age {
+            Some(age) => Some(Expiry::start(store.clone(), age).map_err(ServerError::Thread)?),
+            None => None,
+        };
         let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let throttle = AuthThrottle::new(config.throttle);
         let mailboxes = MailboxQuota::new(config.offline_quota);
@@ -166,6 +173,7 @@ impl ServerHandle {
             dispatcher: dispatcher_tx,
             accept_thread: Some(accept_thread),
             dispatcher_thread: Some(dispatcher_thread),
+            _expiry: expiry,
         })
     }
 
