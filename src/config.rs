@@ -186,6 +186,9 @@ pub struct Settings {
     /// Age after which offline messages are deleted (30d, 12h, 90m, 45s); 0: never.
     #[arg(long, env = "CHAT_OFFLINE_MAX_AGE", default_value = "30d")]
     pub offline_max_age: String,
+    /// Serve GET /metrics to every address, not only to loopback (true or false).
+    #[arg(long, env = "CHAT_METRICS_PUBLIC", default_value = "false")]
+    pub metrics_public: String,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -286,6 +289,8 @@ pub struct Config {
     /// Offline messages older than this are purged in the background;
     /// `None`: kept until delivered.
     pub offline_max_age: Option<Duration>,
+    /// Whether `GET /metrics` answers addresses other than loopback.
+    pub metrics_public: bool,
 }
 
 impl Config {
@@ -411,6 +416,7 @@ impl Config {
                     })
                 }
             },
+            metrics_public: parse("CHAT_METRICS_PUBLIC", &settings.metrics_public)?,
         };
         Ok(config)
     }

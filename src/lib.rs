@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod dispatcher;
 pub mod expiry;
 pub mod http;
+pub mod monitoring;
 pub mod outbox;
 pub mod password;
 pub mod presence;
