@@ -11,6 +11,7 @@
 //! protocol from the other side, for tests, tools and benchmarks; [`web`]
 //! serves the browser client on the same port.
 
+pub mod admin;
 pub mod bench;
 pub mod channel;
 pub mod cli;
@@ -19,7 +20,9 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod dispatcher;
+pub mod expiry;
 pub mod http;
+pub mod monitoring;
 pub mod outbox;
 pub mod password;
 pub mod presence;

@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
+use prometheus::IntGauge;
 
 use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
+use crate::expiry::Expiry;
 use crate::http::Router;
+use crate::monitoring::{HealthHandler, MeteredStore, Metrics, MetricsHandler};
 use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
@@ -32,10 +35,13 @@ use crate::store::{Store, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::web::WebClient;
 
-/// The plain-HTTP handlers of the chat port.
-fn http_router() -> Router {
+/// The plain-HTTP handlers of the chat port: the web client's page and
+/// assets, `/healthz` and `/metrics`.
+fn http_router(store: &Arc<dyn Store>, metrics: &Metrics, metrics_public: bool) -> Router {
     let mut router = Router::new();
     router.add(WebClient::new());
+    router.add(HealthHandler::new(store.clone()));
+    router.add(MetricsHandler::new(metrics.clone(), metrics_public));
     router
 }
 
@@ -76,6 +82,8 @@ pub struct ServerHandle {
     dispatcher: Sender<Envelope>,
     accept_thread: Option<JoinHandle<()>>,
     dispatcher_thread: Option<JoinHandle<()>>,
+    /// The offline expiry thread (stops when dropped).
+    _expiry: Option<Expiry>,
 }
 
 /// Opens the configured store.
@@ -101,6 +109,8 @@ impl ServerHandle {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<ServerHandle, ServerError> {
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let usernames = store.all_usernames()?;
         let passwords = PasswordHasher::new(config.hash)?;
         let listener = TcpListener::bind(config.bind).map_err(|source| ServerError::Bind {
@@ -117,6 +127,7 @@ impl ServerHandle {
             pending_limit: config.outbox_capacity,
             presence_window: config.presence_window,
             presence_budget: config.presence_budget,
+            metrics: metrics.clone(),
         };
         let registered = usernames.len();
         let dispatcher = Dispatcher::new(inbox, usernames, settings);
@@ -125,9 +136,14 @@ impl ServerHandle {
             .spawn(move || dispatcher.run())
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
+        let expiry = match config.offline_max_age {
+            Some(age) => Some(Expiry::start(store.clone(), age).map_err(ServerError::Thread)?),
+            None => None,
+        };
         let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let throttle = AuthThrottle::new(config.throttle);
         let mailboxes = MailboxQuota::new(config.offline_quota);
+        let http = http_router(&store, &metrics, config.metrics_public);
         let services = Arc::new(Services {
             mailboxes,
             throttle,
@@ -137,7 +153,8 @@ impl ServerHandle {
             dispatcher: dispatcher_tx.clone(),
             passwords,
             offline_claims: OfflineClaims::default(),
-            http: http_router(),
+            http,
+            metrics,
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
@@ -156,6 +173,7 @@ impl ServerHandle {
                 max_per_address: services.config.max_connections_per_address,
                 active: active.clone(),
                 per_address: Mutex::new(HashMap::new()),
+                open: services.metrics.connections_open.clone(),
             }),
             services,
             stopping: stopping.clone(),
@@ -174,6 +192,7 @@ impl ServerHandle {
             dispatcher: dispatcher_tx,
             accept_thread: Some(accept_thread),
             dispatcher_thread: Some(dispatcher_thread),
+            _expiry: expiry,
         })
     }
 
@@ -248,6 +267,8 @@ struct Limits {
     max_per_address: usize,
     active: Arc<AtomicUsize>,
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// The `connections_open` gauge, kept equal to `active`.
+    open: IntGauge,
 }
 
 /// Why a connection was refused at accept.
@@ -257,6 +278,16 @@ enum Refusal {
     Total(usize),
     #[error("{0} connections open from this address, the limit")]
     PerAddress(usize),
+}
+
+impl Refusal {
+    /// The `reason` label of the rejected connections metric.
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Total(_) => "total_limit",
+            Refusal::PerAddress(_) => "per_address_limit",
+        }
+    }
 }
 
 impl Limits {
@@ -276,6 +307,7 @@ impl Limits {
         }
         *from_address += 1;
         self.active.fetch_add(1, Ordering::SeqCst);
+        self.open.inc();
         Ok(Slot {
             limits: self.clone(),
             address,
@@ -304,6 +336,7 @@ impl Drop for Slot {
             }
         }
         self.limits.active.fetch_sub(1, Ordering::SeqCst);
+        self.limits.open.dec();
     }
 }
 
@@ -386,6 +419,7 @@ impl Acceptor {
             Ok(slot) => slot,
             Err(refusal) => {
                 warn!("{peer}: connection refused at accept: {refusal}");
+                self.services.metrics.count_rejected(refusal.label());
                 return;
             }
         };
@@ -400,6 +434,7 @@ impl Acceptor {
             });
         if let Err(error) = spawned {
             warn!("{peer}: connection refused, no thread: {error}");
+            self.services.metrics.count_rejected("no_thread");
         }
     }
 }

@@ -16,7 +16,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use prometheus::IntCounter;
+
 use crate::channel::{ChannelError, Inbound, RenewalPolicy, ServerChannel};
+use crate::monitoring::Metrics;
 use crate::waker::Waker;
 
 use super::socket::Socket;
@@ -111,6 +114,25 @@ pub struct Link {
     pub peer: SocketAddr,
     /// When the client last sent any frame (pongs included).
     last_heard: Instant,
+    /// Frame and renewal counters, from [`Link::counted`] on.
+    counters: Option<LinkCounters>,
+}
+
+/// The metrics a link counts into.
+struct LinkCounters {
+    frames_in: IntCounter,
+    frames_out: IntCounter,
+    renegotiations: IntCounter,
+}
+
+impl LinkCounters {
+    fn of(metrics: &Metrics) -> LinkCounters {
+        LinkCounters {
+            frames_in: metrics.frames_in.clone(),
+            frames_out: metrics.frames_out.clone(),
+            renegotiations: metrics.renegotiations.clone(),
+        }
+    }
 }
 
 impl Link {
@@ -145,11 +167,25 @@ impl Link {
                 channel,
                 peer,
                 last_heard: Instant::now(),
+                counters: None,
             }),
             Err(error) => {
                 close_websocket(&mut ws, error.close_code(), &error.to_string());
                 Err(error)
             }
+        }
+    }
+
+    /// Counts this link's frames and renewals into `metrics` from now on.
+    /// (The frames of the handshake itself are not counted.)
+    pub fn counted(mut self, metrics: &Metrics) -> Link {
+        self.counters = Some(LinkCounters::of(metrics));
+        self
+    }
+
+    fn count_frame_out(&self) {
+        if let Some(counters) = &self.counters {
+            counters.frames_out.inc();
         }
     }
 
@@ -159,7 +195,18 @@ impl Link {
         let message = self.ws.read()?;
         self.last_heard = Instant::now();
         match message {
-            Message::Text(text) => Ok(Some(self.channel.open(&text, Instant::now())?)),
+            Message::Text(text) => {
+                if let Some(counters) = &self.counters {
+                    counters.frames_in.inc();
+                }
+                let renewals = self.channel.renewals_completed();
+                let inbound = self.channel.open(&text, Instant::now())?;
+                if let Some(counters) = &self.counters {
+                    let completed = self.channel.renewals_completed().saturating_sub(renewals);
+                    counters.renegotiations.inc_by(completed);
+                }
+                Ok(Some(inbound))
+            }
             Message::Binary(_) => Err(LinkError::violation(1002, "binary frames are not allowed")),
             Message::Close(_) => Err(LinkError::Closed),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
@@ -201,6 +248,7 @@ impl Link {
     }
 
     fn write(&mut self, frame: String) -> Result<bool, LinkError> {
+        self.count_frame_out();
         match self.ws.write(Message::Text(frame)) {
             Ok(()) => Ok(true),
             Err(error) => match LinkError::from(error) {
@@ -230,6 +278,7 @@ impl Link {
 
     /// Sends a sealed control frame and waits until it is written.
     pub fn send_sealed_now(&mut self, frame: String) -> Result<(), LinkError> {
+        self.count_frame_out();
         self.ws.send(Message::Text(frame))?;
         Ok(())
     }

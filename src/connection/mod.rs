@@ -38,6 +38,7 @@ use log::{debug, info};
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
 use crate::http::{self, RequestHead, Router};
+use crate::monitoring::Metrics;
 use crate::password::{HashGate, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::Store;
@@ -62,6 +63,8 @@ pub struct Services {
     pub mailboxes: MailboxQuota,
     /// What plain HTTP requests on the chat port are answered with.
     pub http: Router,
+    /// Counters and gauges of this server.
+    pub metrics: Metrics,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every
@@ -93,7 +96,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
         config.max_auth_message_bytes,
         config.renewal.clone(),
     ) {
-        Ok(link) => link,
+        Ok(link) => link.counted(&services.metrics),
         Err(error) => {
             info!("{peer}: handshake failed: {error}");
             return;
