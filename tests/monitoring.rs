@@ -169,10 +169,11 @@ fn metrics_count_a_scripted_session(backend: Backend) {
     assert_eq!(end.value("chat_renegotiations_total"), 0.0);
     assert_eq!(end.value("chat_offline_stored_total"), 2.0);
     assert!(end.value("chat_store_seconds_count{operation=\"find_user\"}") >= 4.0);
-    assert_eq!(
-        end.value("chat_store_seconds_count{operation=\"store_offline\"}"),
-        2.0
-    );
+    // The sender's thread stores what is queued in one batch, so the two
+    // messages took one or two timed store calls.
+    let offline_writes = end.value("chat_store_seconds_count{operation=\"store_offline\"}")
+        + end.value("chat_store_seconds_count{operation=\"store_offline_batch\"}");
+    assert!((1.0..=2.0).contains(&offline_writes), "{offline_writes}");
     assert!(end.value("chat_store_seconds_bucket{operation=\"find_user\",le=\"+Inf\"}") >= 4.0);
 }
 
