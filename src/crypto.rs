@@ -58,6 +58,11 @@ pub fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE.encode(bytes)
 }
 
+/// As [`b64_encode`], appending to `out`.
+pub fn b64_encode_into(bytes: &[u8], out: &mut String) {
+    URL_SAFE.encode_string(bytes, out);
+}
+
 /// Decodes url-safe or standard base64, padded or not.
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
     let bytes = text.as_bytes();

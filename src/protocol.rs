@@ -145,14 +145,33 @@ pub fn parse_command(object: &Object) -> Result<Command, CommandError> {
     Ok(command)
 }
 
+/// As [`parse_command`], taking the object: a relayed payload is moved out
+/// of it instead of copied (the routing path; the payload is the bulk of
+/// the message).
+pub fn parse_command_owned(mut object: Object) -> Result<Command, CommandError> {
+    let relay = object
+        .get("type")
+        .and_then(Value::as_str)
+        .and_then(RelayKind::from_type);
+    let Some(kind) = relay else {
+        return parse_command(&object);
+    };
+    let to = text(&object, "to")?;
+    let payload = relay_payload(object.remove("payload"))?;
+    Ok(Command::Chat(ChatCommand::Relay { kind, to, payload }))
+}
+
 fn parse_relay(kind: RelayKind, object: &Object) -> Result<ChatCommand, CommandError> {
     let to = text(object, "to")?;
-    let payload = object
-        .get("payload")
-        .filter(|payload| payload.is_object())
-        .cloned()
-        .ok_or(CommandError::PayloadNotObject)?;
+    let payload = relay_payload(object.get("payload").filter(|p| p.is_object()).cloned())?;
     Ok(ChatCommand::Relay { kind, to, payload })
+}
+
+/// A relayed payload must be a JSON object.
+fn relay_payload(payload: Option<Value>) -> Result<Value, CommandError> {
+    payload
+        .filter(Value::is_object)
+        .ok_or(CommandError::PayloadNotObject)
 }
 
 fn text(object: &Object, field: &'static str) -> Result<String, CommandError> {
@@ -269,6 +288,28 @@ pub mod messages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_parsing_gives_the_same_commands() {
+        let inputs = [
+            json!({"type": "E2E_MSG", "to": "bob", "payload": {"iv": "x", "n": [1, 2]}}),
+            json!({"type": "E2E_AUTH", "to": "bob", "payload": "not an object"}),
+            json!({"type": "E2E_HANDSHAKE", "payload": {}}),
+            json!({"type": "E2E_MSG", "to": "bob"}),
+            json!({"type": "START_TYPING", "to": "bob"}),
+            json!({"type": "LOGIN", "username": "a", "password": "b"}),
+            json!({"type": "what"}),
+            json!({"to": "bob"}),
+        ];
+        for input in inputs {
+            let input = object(input);
+            assert_eq!(
+                parse_command_owned(input.clone()),
+                parse_command(&input),
+                "{input:?}"
+            );
+        }
+    }
 
     #[test]
     fn relay_text_is_what_json_gives() {

@@ -19,14 +19,22 @@ pub const REPLAY_WINDOW: usize = 4096;
 /// The last [`REPLAY_WINDOW`] tags, oldest first, with a set for lookups.
 #[derive(Debug, Default)]
 struct SeenTags {
-    order: VecDeque<Vec<u8>>,
-    set: HashSet<Vec<u8>>,
+    order: VecDeque<SeenTag>,
+    set: HashSet<SeenTag>,
 }
 
+/// A verified tag (HMAC-SHA256: 32 bytes) kept inline, without a heap
+/// allocation per frame.
+type SeenTag = [u8; crate::crypto::KEY_LEN];
+
 impl SeenTags {
-    /// Records `tag`; false if it was already there.
+    /// Records `tag`; false if it was already there. A tag of another
+    /// length (never verified by HMAC-SHA256) is padded with zeros.
     fn insert(&mut self, tag: &[u8]) -> bool {
-        if self.set.contains(tag) {
+        let mut key: SeenTag = [0; crate::crypto::KEY_LEN];
+        let length = tag.len().min(key.len());
+        key[..length].copy_from_slice(&tag[..length]);
+        if self.set.contains(&key) {
             return false;
         }
         if self.order.len() >= REPLAY_WINDOW {
@@ -34,8 +42,8 @@ impl SeenTags {
                 self.set.remove(&oldest);
             }
         }
-        self.order.push_back(tag.to_vec());
-        self.set.insert(tag.to_vec());
+        self.order.push_back(key);
+        self.set.insert(key);
         true
     }
 }

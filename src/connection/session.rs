@@ -203,7 +203,7 @@ impl Session<'_> {
         for _ in 0..READ_BUDGET {
             match self.link.read() {
                 Ok(Some(Inbound::Command(object))) => {
-                    self.command(&object)?;
+                    self.command(object)?;
                     if self.rate_close {
                         // Write the notice, then close (in `serve`).
                         return Ok(false);
@@ -223,8 +223,8 @@ impl Session<'_> {
         Ok(true)
     }
 
-    fn command(&mut self, object: &protocol::Object) -> Result<(), LinkError> {
-        let parsed = protocol::parse_command(object);
+    fn command(&mut self, object: protocol::Object) -> Result<(), LinkError> {
+        let parsed = protocol::parse_command_owned(object);
         let typing = matches!(parsed, Ok(Command::Chat(ChatCommand::Typing { .. })));
         match self.rate.check(typing, Instant::now()) {
             Verdict::Allow => {}
