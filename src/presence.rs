@@ -4,7 +4,7 @@
 //! logouts into one broadcast (PROTOCOL.md section 5). Owned by the
 //! dispatcher thread; no locks, no I/O.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,29 @@ pub fn fold(name: &str) -> String {
     name.to_lowercase()
 }
 
+/// One registered user in the directory.
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    online: bool,
+}
+
+impl Entry {
+    fn offline(name: Arc<str>) -> Entry {
+        Entry {
+            name,
+            online: false,
+        }
+    }
+}
+
 /// Registered users, online marks and the broadcast schedule.
 #[derive(Debug)]
 pub struct Presence {
-    /// fold -> stored spelling, in case-insensitive order.
-    directory: BTreeMap<String, Arc<str>>,
-    online: HashSet<String>,
+    /// fold -> stored spelling and online mark, in case-insensitive order.
+    directory: BTreeMap<String, Entry>,
+    /// How many entries are online.
+    online: usize,
     /// The serialised list for the current state, built on demand.
     cached: Option<Arc<str>>,
     broadcast_due: Option<Instant>,
@@ -40,11 +57,11 @@ impl Presence {
     ) -> Presence {
         let directory = names
             .into_iter()
-            .map(|name| (fold(&name), Arc::from(name)))
+            .map(|name| (fold(&name), Entry::offline(Arc::from(name))))
             .collect();
         Presence {
             directory,
-            online: HashSet::new(),
+            online: 0,
             cached: None,
             broadcast_due: None,
             base_window,
@@ -54,35 +71,37 @@ impl Presence {
 
     /// The stored spelling of a registered name, matched case-insensitively.
     pub fn registered(&self, name: &str) -> Option<&Arc<str>> {
-        self.directory.get(&fold(name))
+        self.directory.get(&fold(name)).map(|entry| &entry.name)
     }
 
     /// Adds a user; returns the stored spelling to use from now on.
     pub fn register(&mut self, name: &str, now: Instant) -> Arc<str> {
         let key = fold(name);
         if let Some(existing) = self.directory.get(&key) {
-            return existing.clone();
+            return existing.name.clone();
         }
         let stored: Arc<str> = Arc::from(name);
-        self.directory.insert(key, stored.clone());
+        self.directory.insert(key, Entry::offline(stored.clone()));
         self.changed(now);
         stored
     }
 
     /// Marks a (registered) user online or offline.
     pub fn set_online(&mut self, name: &str, online: bool, now: Instant) {
-        let key = fold(name);
-        if !self.directory.contains_key(&key) {
-            self.directory.insert(key.clone(), Arc::from(name));
+        let entry = self
+            .directory
+            .entry(fold(name))
+            .or_insert_with(|| Entry::offline(Arc::from(name)));
+        if entry.online == online {
+            return;
         }
-        let changed = if online {
-            self.online.insert(key)
+        entry.online = online;
+        if online {
+            self.online += 1;
         } else {
-            self.online.remove(&key)
-        };
-        if changed {
-            self.changed(now);
+            self.online -= 1;
         }
+        self.changed(now);
     }
 
     /// The current list, serialised once per change.
@@ -92,8 +111,8 @@ impl Presence {
         }
         let list: Arc<str> = Arc::from(protocol::user_list_update(
             self.directory
-                .iter()
-                .map(|(key, name)| (&**name, self.online.contains(key))),
+                .values()
+                .map(|entry| (&*entry.name, entry.online)),
         ));
         self.cached = Some(list.clone());
         list
@@ -117,7 +136,7 @@ impl Presence {
 
     /// Number of users online.
     pub fn online_count(&self) -> usize {
-        self.online.len()
+        self.online
     }
 
     fn changed(&mut self, now: Instant) {
@@ -131,7 +150,7 @@ impl Presence {
     /// broadcast per window (list size x online users) stays within budget.
     fn window(&self) -> Duration {
         let list_bytes = 45 * self.directory.len() as u64 + 48;
-        let broadcast_bytes = list_bytes.saturating_mul(self.online.len() as u64);
+        let broadcast_bytes = list_bytes.saturating_mul(self.online as u64);
         let budget_window =
             Duration::from_secs_f64(broadcast_bytes as f64 / self.budget_bytes_per_sec as f64);
         budget_window.clamp(self.base_window, MAX_WINDOW.max(self.base_window))

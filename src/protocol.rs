@@ -257,11 +257,28 @@ pub fn error(message: &str) -> String {
 
 /// `{"type":"user_list_update","users":[{"username":U,"isOnline":bool},...]}`,
 /// built from `(name, online)` pairs already in display order.
+///
+/// Written straight into one buffer (no JSON tree: the list is rebuilt on
+/// every presence change and has one entry per registered user), with the
+/// bytes `json!` gives (keys sorted, names escaped by serde_json).
 pub fn user_list_update<'a>(users: impl Iterator<Item = (&'a str, bool)>) -> String {
-    let users: Vec<Value> = users
-        .map(|(username, online)| json!({ "username": username, "isOnline": online }))
-        .collect();
-    json!({ "type": "user_list_update", "users": users }).to_string()
+    const ONLINE: &[u8] = br#"{"isOnline":true,"username":"#;
+    const OFFLINE: &[u8] = br#"{"isOnline":false,"username":"#;
+    let mut out: Vec<u8> = Vec::with_capacity(48 + 48 * users.size_hint().0);
+    out.extend_from_slice(br#"{"type":"user_list_update","users":["#);
+    for (index, (username, online)) in users.enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(if online { ONLINE } else { OFFLINE });
+        let written = serde_json::to_writer(&mut out, username);
+        debug_assert!(written.is_ok(), "a str always serialises into a Vec");
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    // Every piece above is UTF-8.
+    String::from_utf8(out)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 /// Error messages sent in `ERROR` frames and `auth_response` messages.
@@ -288,6 +305,21 @@ pub mod messages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_list_text_is_what_json_gives() {
+        let users = [("Ana", true), ("b\"o\\b", false), ("\u{e9}t\u{e9}\n", true)];
+        let entries: Vec<Value> = users
+            .iter()
+            .map(|(username, online)| json!({ "username": username, "isOnline": online }))
+            .collect();
+        let expected = json!({ "type": "user_list_update", "users": entries }).to_string();
+        assert_eq!(user_list_update(users.iter().copied()), expected);
+        assert_eq!(
+            user_list_update(std::iter::empty()),
+            json!({ "type": "user_list_update", "users": [] }).to_string()
+        );
+    }
 
     #[test]
     fn owned_parsing_gives_the_same_commands() {
