@@ -66,21 +66,23 @@ pub fn b64_encode_into(bytes: &[u8], out: &mut String) {
 /// Decodes url-safe or standard base64, padded or not.
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
     let bytes = text.as_bytes();
-    let decoded = if bytes.iter().any(|&byte| byte == b'+' || byte == b'/') {
-        // Standard alphabet: translate to url-safe (byte-wise, ASCII only).
-        let url_safe: Vec<u8> = bytes
-            .iter()
-            .map(|&byte| match byte {
-                b'+' => b'-',
-                b'/' => b'_',
-                other => other,
-            })
-            .collect();
-        LENIENT_URL_SAFE.decode(url_safe)
-    } else {
-        LENIENT_URL_SAFE.decode(bytes)
-    };
-    decoded.map_err(|_| CryptoError::BadBase64)
+    if let Ok(decoded) = LENIENT_URL_SAFE.decode(bytes) {
+        return Ok(decoded);
+    }
+    // Not url-safe base64: maybe the standard alphabet (`+`, `/`, which the
+    // url-safe decoder refuses). Translate byte-wise and try again; input
+    // that is neither fails here too.
+    let url_safe: Vec<u8> = bytes
+        .iter()
+        .map(|&byte| match byte {
+            b'+' => b'-',
+            b'/' => b'_',
+            other => other,
+        })
+        .collect();
+    LENIENT_URL_SAFE
+        .decode(url_safe)
+        .map_err(|_| CryptoError::BadBase64)
 }
 
 /// Overwrites `bytes` with zeros in a way the optimiser does not remove.
@@ -357,7 +359,7 @@ mod tests {
 
     #[test]
     fn base64_input_accepts_both_alphabets_and_paddings() {
-        for text in ["-_8=", "-_8", "+/8=", "+/8"] {
+        for text in ["-_8=", "-_8", "+/8=", "+/8", "+_8=", "-/8"] {
             assert_eq!(b64_decode(text).unwrap(), vec![0xfb, 0xff], "{text}");
         }
         assert_eq!(b64_decode("not base64!"), Err(CryptoError::BadBase64));

@@ -122,6 +122,8 @@ pub struct DispatcherSettings {
 #[derive(Debug)]
 struct Connection {
     user: Arc<str>,
+    /// `fold(user)`: the key of the user's session, computed once.
+    key: String,
     peer: SocketAddr,
     outbox: Arc<Outbox>,
 }
@@ -286,6 +288,7 @@ impl Dispatcher {
             request.conn,
             Connection {
                 user: user.clone(),
+                key: key.clone(),
                 peer: request.peer,
                 outbox: request.outbox,
             },
@@ -524,8 +527,7 @@ impl Dispatcher {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
-        let key = fold(&connection.user);
-        let Some(session) = self.sessions.get_mut(&key) else {
+        let Some(session) = self.sessions.get_mut(&connection.key) else {
             return;
         };
         if session.conn != conn {
