@@ -22,12 +22,15 @@ pub fn fold(name: &str) -> String {
 #[derive(Debug)]
 struct Entry {
     name: Arc<str>,
+    /// The name as a JSON string literal, for the list (escaped once).
+    quoted: Box<str>,
     online: bool,
 }
 
 impl Entry {
     fn offline(name: Arc<str>) -> Entry {
         Entry {
+            quoted: protocol::json_string(&name).into_boxed_str(),
             name,
             online: false,
         }
@@ -109,10 +112,10 @@ impl Presence {
         if let Some(list) = &self.cached {
             return list.clone();
         }
-        let list: Arc<str> = Arc::from(protocol::user_list_update(
+        let list: Arc<str> = Arc::from(protocol::user_list_update_quoted(
             self.directory
                 .values()
-                .map(|entry| (&*entry.name, entry.online)),
+                .map(|entry| (&*entry.quoted, entry.online)),
         ));
         self.cached = Some(list.clone());
         list

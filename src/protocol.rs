@@ -257,28 +257,38 @@ pub fn error(message: &str) -> String {
 
 /// `{"type":"user_list_update","users":[{"username":U,"isOnline":bool},...]}`,
 /// built from `(name, online)` pairs already in display order.
-///
-/// Written straight into one buffer (no JSON tree: the list is rebuilt on
-/// every presence change and has one entry per registered user), with the
-/// bytes `json!` gives (keys sorted, names escaped by serde_json).
 pub fn user_list_update<'a>(users: impl Iterator<Item = (&'a str, bool)>) -> String {
-    const ONLINE: &[u8] = br#"{"isOnline":true,"username":"#;
-    const OFFLINE: &[u8] = br#"{"isOnline":false,"username":"#;
-    let mut out: Vec<u8> = Vec::with_capacity(48 + 48 * users.size_hint().0);
-    out.extend_from_slice(br#"{"type":"user_list_update","users":["#);
-    for (index, (username, online)) in users.enumerate() {
+    let quoted: Vec<(String, bool)> = users
+        .map(|(username, online)| (json_string(username), online))
+        .collect();
+    user_list_update_quoted(quoted.iter().map(|(name, online)| (name.as_str(), *online)))
+}
+
+/// `text` as a JSON string literal (quoted and escaped as serde_json does).
+pub fn json_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// As [`user_list_update`], from names already written as JSON string
+/// literals ([`json_string`]): the list is rebuilt on every presence change
+/// and has one entry per registered user, so it is only copied together
+/// into one buffer (no JSON tree, no escaping), with the bytes `json!`
+/// gives (keys sorted).
+pub fn user_list_update_quoted<'a>(users: impl Iterator<Item = (&'a str, bool)>) -> String {
+    const ONLINE: &str = r#"{"isOnline":true,"username":"#;
+    const OFFLINE: &str = r#"{"isOnline":false,"username":"#;
+    let mut out = String::with_capacity(48 + 48 * users.size_hint().0);
+    out.push_str(r#"{"type":"user_list_update","users":["#);
+    for (index, (quoted_name, online)) in users.enumerate() {
         if index > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(if online { ONLINE } else { OFFLINE });
-        let written = serde_json::to_writer(&mut out, username);
-        debug_assert!(written.is_ok(), "a str always serialises into a Vec");
-        out.push(b'}');
+        out.push_str(if online { ONLINE } else { OFFLINE });
+        out.push_str(quoted_name);
+        out.push('}');
     }
-    out.extend_from_slice(b"]}");
-    // Every piece above is UTF-8.
-    String::from_utf8(out)
-        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+    out.push_str("]}");
+    out
 }
 
 /// Error messages sent in `ERROR` frames and `auth_response` messages.
