@@ -31,4 +31,5 @@ pub mod rate;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod waker;

@@ -10,16 +10,32 @@
 //! The replay buffer: the HTTP front door ([`crate::http`]) reads the request
 //! head itself to decide between a page and a WebSocket upgrade; for an
 //! upgrade those bytes are replayed, so tungstenite reads the request whole.
+//!
+//! TLS (optional, [`Socket::with_tls`]): reads and writes go through a
+//! rustls server connection, so everything above (request head, WebSocket,
+//! channel) sees plaintext. Non-blocking reads return plaintext rustls
+//! already decrypted and buffered before touching the socket, and
+//! [`Socket::has_buffered_input`] tells the session loop not to sleep in
+//! `poll` while such plaintext waits.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use rustls::ServerConnection;
 
 pub struct Socket {
     pub(crate) stream: TcpStream,
     pub(crate) deadline: Option<Instant>,
     replay: Vec<u8>,
     replayed: usize,
+    tls: Option<Box<ServerConnection>>,
+}
+
+/// The TCP stream under the deadline (what TLS reads and writes through).
+struct Timed<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Option<Instant>,
 }
 
 impl Socket {
@@ -30,7 +46,39 @@ impl Socket {
             deadline,
             replay: Vec::new(),
             replayed: 0,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS over the stream from now on (the handshake runs on the
+    /// first read, under the deadline).
+    pub fn with_tls(mut self, tls: ServerConnection) -> Socket {
+        self.tls = Some(Box::new(tls));
+        self
+    }
+
+    /// Whether input was already read from the socket but not handed out
+    /// yet (replayed bytes, or plaintext decrypted by TLS): `poll` on the
+    /// socket would not report it.
+    pub fn has_buffered_input(&mut self) -> bool {
+        if self.replayed < self.replay.len() {
+            return true;
+        }
+        match &mut self.tls {
+            Some(tls) => tls
+                .process_new_packets()
+                .map(|state| state.plaintext_bytes_to_read() > 0)
+                .unwrap_or(true),
+            None => false,
+        }
+    }
+
+    fn timed(&mut self) -> (Timed<'_>, Option<&mut ServerConnection>) {
+        let timed = Timed {
+            stream: &mut self.stream,
+            deadline: self.deadline,
+        };
+        (timed, self.tls.as_deref_mut())
     }
 
     /// Bytes to hand out again before reading the stream (already read
@@ -45,6 +93,20 @@ impl Socket {
         &self.stream
     }
 
+    fn read_replay(&mut self, buf: &mut [u8]) -> usize {
+        let pending = &self.replay[self.replayed..];
+        let count = pending.len().min(buf.len());
+        buf[..count].copy_from_slice(&pending[..count]);
+        self.replayed += count;
+        if self.replayed == self.replay.len() {
+            self.replay = Vec::new();
+            self.replayed = 0;
+        }
+        count
+    }
+}
+
+impl Timed<'_> {
     fn left(&self) -> io::Result<Option<Duration>> {
         match self.deadline {
             None => Ok(None),
@@ -66,25 +128,10 @@ impl Socket {
             error
         }
     }
-
-    fn read_replay(&mut self, buf: &mut [u8]) -> usize {
-        let pending = &self.replay[self.replayed..];
-        let count = pending.len().min(buf.len());
-        buf[..count].copy_from_slice(&pending[..count]);
-        self.replayed += count;
-        if self.replayed == self.replay.len() {
-            self.replay = Vec::new();
-            self.replayed = 0;
-        }
-        count
-    }
 }
 
-impl Read for Socket {
+impl Read for Timed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.replayed < self.replay.len() {
-            return Ok(self.read_replay(buf));
-        }
         if let Some(left) = self.left()? {
             self.stream.set_read_timeout(Some(left))?;
         }
@@ -92,7 +139,7 @@ impl Read for Socket {
     }
 }
 
-impl Write for Socket {
+impl Write for Timed<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(left) = self.left()? {
             self.stream.set_write_timeout(Some(left))?;
@@ -104,6 +151,45 @@ impl Write for Socket {
 
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.replayed < self.replay.len() {
+            return Ok(self.read_replay(buf));
+        }
+        match self.timed() {
+            (mut timed, Some(tls)) => rustls::Stream::new(tls, &mut timed).read(buf),
+            (mut timed, None) => timed.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.timed() {
+            (mut timed, Some(tls)) => rustls::Stream::new(tls, &mut timed).write(buf),
+            (mut timed, None) => timed.write(buf),
+        }
+    }
+
+    /// With TLS, returns `Ok` only once every TLS byte is in the socket (a
+    /// rustls flush may return `Ok` with records still queued after a
+    /// partial write; then the session would sleep on data it never sent).
+    fn flush(&mut self) -> io::Result<()> {
+        match self.timed() {
+            (mut timed, Some(tls)) => {
+                tls.writer().flush()?;
+                while tls.wants_write() {
+                    if tls.write_tls(&mut timed)? == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                }
+                timed.flush()
+            }
+            (mut timed, None) => timed.flush(),
+        }
     }
 }
 
