@@ -621,6 +621,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_both_files() {
+        let config = Config::from_settings(&settings(&[])).unwrap();
+        assert_eq!(config.tls, None);
+        let config =
+            Config::from_settings(&settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]))
+                .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("c.pem"),
+                key: PathBuf::from("k.pem")
+            })
+        );
+        let error = Config::from_settings(&settings(&["--tls-cert", "c.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_KEY");
+        let error = Config::from_settings(&settings(&["--tls-key", "k.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_CERT");
+    }
+
+    #[test]
     fn offline_max_age_takes_units_and_zero_turns_it_off() {
         assert_eq!(parse_age("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5_400)));
