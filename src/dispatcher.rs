@@ -489,13 +489,20 @@ impl Dispatcher {
         }
     }
 
-    /// Pushes into a connection's outbox; if it is full, that connection is
-    /// too slow: it is asked to close (the item goes to its overflow) and
-    /// stops being its user's session.
+    /// Pushes into a connection's outbox (a store request into its own
+    /// list, never refused); if the queue is full, that connection is too
+    /// slow: it is asked to close (the item goes to its overflow) and stops
+    /// being its user's session.
     fn push_or_evict(&mut self, conn: ConnId, item: Outgoing) {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
+        if let Outgoing::StoreOffline { .. } = item {
+            // The connection's own duty, stored by its thread in batches:
+            // a burst of them does not mean it reads too slowly.
+            connection.outbox.push_store(item);
+            return;
+        }
         let Err(item) = connection.outbox.push(item) else {
             return;
         };

@@ -8,7 +8,8 @@
 //! pushes into the recipient's [`outbox`] -> the recipient's connection
 //! thread seals and writes it. Users and offline messages live in a
 //! [`store`] (MySQL/MariaDB or embedded SQLite). [`client`] is the same
-//! protocol from the other side, for tests, tools and benchmarks.
+//! protocol from the other side, for tests, tools and benchmarks; [`web`]
+//! serves the browser client on the same port.
 
 pub mod admin;
 pub mod bench;
@@ -33,3 +34,4 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod waker;
+pub mod web;

@@ -6,6 +6,7 @@
 //! rouses the connection thread from `poll`. The dispatcher only ever uses the
 //! non-blocking operations here, so a slow recipient can never stall it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,6 +71,12 @@ pub struct Outbox {
     /// Items accepted after the queue was full, only once a close was
     /// requested: bounded by what arrives before the dispatcher forgets it.
     overflow: Mutex<Vec<Outgoing>>,
+    /// This connection's own messages for offline recipients
+    /// ([`Outgoing::StoreOffline`]), outside the bounded queue: storing them
+    /// is this thread's duty, not a sign that it reads too slowly. Bounded
+    /// by what its user sent and the dispatcher already took: the thread
+    /// stores them all each turn and reads nothing new while many wait.
+    stores: Mutex<VecDeque<Outgoing>>,
     user_list: Mutex<Option<Arc<str>>>,
     close: AtomicU8,
     waker: Waker,
@@ -84,6 +91,7 @@ impl Outbox {
             queue,
             reclaim: receiver.clone(),
             overflow: Mutex::new(Vec::new()),
+            stores: Mutex::new(VecDeque::new()),
             user_list: Mutex::new(None),
             close: AtomicU8::new(0),
             waker: Waker::new()?,
@@ -110,6 +118,13 @@ impl Outbox {
             lock(&self.overflow).push(item);
             self.waker.wake();
         }
+    }
+
+    /// Queues one of this connection's own messages for an offline
+    /// recipient; never refused (see the `stores` field).
+    pub fn push_store(&self, item: Outgoing) {
+        lock(&self.stores).push_back(item);
+        self.waker.wake();
     }
 
     /// Replaces the unsent user list, if any, with `list`.
@@ -150,8 +165,12 @@ impl Outbox {
         lock(&self.user_list).take()
     }
 
-    /// Takes the next queued item; overflow items come after the queue.
+    /// Takes the next queued item: waiting offline stores first, then the
+    /// queue, then overflow items.
     pub fn next(&self, receiver: &Receiver<Outgoing>) -> Option<Outgoing> {
+        if let Some(store) = self.next_store() {
+            return Some(store);
+        }
         match receiver.try_recv() {
             Ok(item) => Some(item),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
@@ -159,6 +178,16 @@ impl Outbox {
                 (!overflow.is_empty()).then(|| overflow.remove(0))
             }
         }
+    }
+
+    /// Takes the next waiting offline store only.
+    pub fn next_store(&self) -> Option<Outgoing> {
+        lock(&self.stores).pop_front()
+    }
+
+    /// How many offline stores wait.
+    pub fn stores_waiting(&self) -> usize {
+        lock(&self.stores).len()
     }
 
     /// The wake-up signal the connection thread polls on.
@@ -196,6 +225,26 @@ mod tests {
         outbox.push_final(message(3));
         let drained: Vec<_> = std::iter::from_fn(|| outbox.next(&receiver)).collect();
         assert_eq!(drained, vec![message(1), message(2), message(3)]);
+    }
+
+    #[test]
+    fn offline_stores_are_never_refused_and_come_first() {
+        let (outbox, receiver) = Outbox::new(1).unwrap();
+        outbox.push(message(1)).unwrap();
+        let store = |n: i64| Outgoing::StoreOffline {
+            to: Arc::from("bob"),
+            payload: Value::from(n),
+        };
+        for n in 0..3 {
+            outbox.push_store(store(n));
+        }
+        assert_eq!(outbox.stores_waiting(), 3);
+        // A replaced session's relays are taken back; its stores stay.
+        assert_eq!(outbox.reclaim(), vec![message(1)]);
+        outbox.push(message(2)).unwrap();
+        let drained: Vec<_> = std::iter::from_fn(|| outbox.next(&receiver)).collect();
+        assert_eq!(drained, vec![store(0), store(1), store(2), message(2)]);
+        assert_eq!(outbox.stores_waiting(), 0);
     }
 
     #[test]

@@ -33,6 +33,17 @@ use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 use crate::throttle::AuthThrottle;
+use crate::web::WebClient;
+
+/// The plain-HTTP handlers of the chat port: the web client's page and
+/// assets, `/healthz` and `/metrics`.
+fn http_router(store: &Arc<dyn Store>, metrics: &Metrics, metrics_public: bool) -> Router {
+    let mut router = Router::new();
+    router.add(WebClient::new());
+    router.add(HealthHandler::new(store.clone()));
+    router.add(MetricsHandler::new(metrics.clone(), metrics_public));
+    router
+}
 
 /// Stack of a connection thread. Release builds need little (argon2 and
 /// JSON work on the heap); debug builds get more for their bigger frames.
@@ -145,9 +156,7 @@ impl ServerHandle {
         let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let throttle = AuthThrottle::new(config.throttle);
         let mailboxes = MailboxQuota::new(config.offline_quota);
-        let mut http = Router::new();
-        http.add(HealthHandler::new(store.clone()));
-        http.add(MetricsHandler::new(metrics.clone(), config.metrics_public));
+        let http = http_router(&store, &metrics, config.metrics_public);
         let services = Arc::new(Services {
             mailboxes,
             throttle,

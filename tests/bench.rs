@@ -134,3 +134,112 @@ fn offline_scenario() {
     assert_eq!(v["out_of_order"], 0, "{v}");
     assert_eq!(v["store_errors"], 0, "{v}");
 }
+
+#[test]
+fn mixed_scenario() {
+    let server = server();
+    let pid = std::process::id().to_string();
+    let v = bench(
+        &server,
+        &[
+            "mixed",
+            "--users",
+            "8",
+            "--ramp-secs",
+            "0.5",
+            "--secs",
+            "2",
+            "--rate",
+            "4",
+            "--drops",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(v["scenario"], "mixed");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duplicated"], 0, "{v}");
+    // Eight first logins and two returns after a drop.
+    assert_eq!(v["logins"], 10, "{v}");
+    assert_eq!(v["drops"], 2, "{v}");
+    let sent = v["sent"].as_u64().unwrap();
+    assert!(sent > 0, "{v}");
+    let delivered = v["delivered"].as_u64().unwrap();
+    let lost_at_a_drop = v["lost_at_a_drop"].as_u64().unwrap();
+    assert_eq!(delivered + lost_at_a_drop, sent, "{v}");
+    assert!(v["typing_seen"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+/// Reads an SVG file the bench drew and checks a person would see a chart:
+/// an SVG document with its title, axis labels and drawn shapes.
+fn assert_chart(path: &std::path::Path, title_part: &str, shape: &str) {
+    let svg = std::fs::read_to_string(path).expect("the SVG file exists");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains(title_part), "no title {title_part:?}");
+    assert!(svg.contains("<text"), "no labels");
+    assert!(svg.matches(shape).count() >= 2, "no {shape} drawn");
+}
+
+#[test]
+fn route_and_hold_draw_plots() {
+    let server = server();
+    let dir = std::env::temp_dir().join(format!("chat_bench_plot_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let route_svg = dir.join("route.svg");
+    let v = bench(
+        &server,
+        &[
+            "route",
+            "--pairs",
+            "1",
+            "--msgs",
+            "200",
+            "--window",
+            "4",
+            "--plot",
+            route_svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_chart(&route_svg, "route: 1 pairs", "<rect");
+    assert!(std::fs::read_to_string(&route_svg).unwrap().contains("p99"));
+    let hold_svg = dir.join("hold.svg");
+    let v = bench(
+        &server,
+        &[
+            "hold",
+            "--users",
+            "6",
+            "--threads",
+            "2",
+            "--plot",
+            hold_svg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v["connected"], 6, "{v}");
+    assert_chart(&hold_svg, "hold: 6 users logged in", "<polyline");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plot_refuses_a_file_it_cannot_draw() {
+    let server = server();
+    let out = Command::new(env!("CARGO_BIN_EXE_chat_bench"))
+        .args([
+            "--url",
+            &server.url,
+            "route",
+            "--msgs",
+            "5",
+            "--plot",
+            "x.png",
+        ])
+        .output()
+        .expect("chat_bench runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only .svg"));
+}

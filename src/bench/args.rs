@@ -1,5 +1,7 @@
 //! The command line (clap derive).
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 /// Load generator for the chat relay: one scenario per subcommand; prints a
@@ -25,6 +27,8 @@ pub enum Scenario {
     Hold(HoldArgs),
     /// One sender filling an offline recipient's mailbox, then its fetch.
     Offline(OfflineArgs),
+    /// A classroom: logins trickling in, typing, chat, drops and returns.
+    Mixed(MixedArgs),
 }
 
 /// `register`.
@@ -60,6 +64,9 @@ pub struct RouteArgs {
     /// holds output for its renewal hold).
     #[arg(long)]
     pub mobile_like: bool,
+    /// Draw the delivery latency histogram into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `hold`.
@@ -83,6 +90,9 @@ pub struct HoldArgs {
     /// Server process to read RSS and threads from.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Draw the users logged in over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `offline`.
@@ -94,4 +104,33 @@ pub struct OfflineArgs {
     /// Bytes of padding in each payload.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+}
+
+/// `mixed`.
+#[derive(Debug, Args)]
+pub struct MixedArgs {
+    /// Users in the class (one client thread each).
+    #[arg(long, default_value_t = 300)]
+    pub users: usize,
+    /// Seconds over which the users log in, one after another.
+    #[arg(long, default_value_t = 10.0)]
+    pub ramp_secs: f64,
+    /// Seconds of chat after the ramp.
+    #[arg(long, default_value_t = 30.0)]
+    pub secs: f64,
+    /// Messages per second each user sends (on average, random gaps).
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Users that drop their connection once and come back.
+    #[arg(long, default_value_t = 30)]
+    pub drops: usize,
+    /// Bytes of padding in each payload.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Registration worker threads (the users are registered first).
+    #[arg(long, default_value_t = 8)]
+    pub register_threads: usize,
+    /// Server process to read CPU time, RSS and threads from.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }

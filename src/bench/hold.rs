@@ -12,6 +12,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::args::HoldArgs;
+use super::plot;
 use super::route::login;
 use super::stats::{register_all, round, run_prefix, Percentiles, ProcSample, Progress};
 use crate::client::{Client, ConnectOptions};
@@ -25,6 +26,9 @@ struct Observed {
 }
 
 pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
+    if let Some(path) = &args.plot {
+        plot::check_path(path)?;
+    }
     let n = args.users;
     let prefix = run_prefix("h");
     let names: Vec<String> = (0..n + args.observers)
@@ -47,6 +51,8 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
     let observed = Mutex::new(Vec::new());
     let clients: Mutex<Vec<Client>> = Mutex::new(Vec::with_capacity(n));
     let latencies = Mutex::new(Vec::with_capacity(n));
+    // When each login completed, seconds after `start`.
+    let done_at = Mutex::new(Vec::with_capacity(n));
     let failures = Mutex::new(Vec::<String>::new());
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
@@ -113,6 +119,7 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                                 .lock()
                                 .unwrap()
                                 .push(t.elapsed().as_nanos() as u64);
+                            done_at.lock().unwrap().push(start.elapsed().as_secs_f64());
                             clients.lock().unwrap().push(c);
                         }
                         Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
@@ -191,6 +198,11 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         );
         out["server_rss_kib"] = json!(sv.rss_kib);
         out["server_threads"] = json!(sv.threads);
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("hold: {connected} users logged in, {rate:.0} logins/s");
+        plot::logins_over_time(path, &title, &done_at.into_inner().unwrap())?;
+        println!("  logins over time drawn to {}", path.display());
     }
     // Dropping the clients closes their sockets (no close handshake: fast).
     drop(clients);

@@ -4,11 +4,14 @@
 //!
 //! - [`args`]: the command line;
 //! - [`stats`]: percentiles, `/proc/<pid>` figures, user set-up helpers;
-//! - [`register`], [`route`], [`hold`], [`offline`]: the scenarios.
+//! - [`plot`]: the `--plot FILE.svg` pictures of `route` and `hold`;
+//! - [`register`], [`route`], [`hold`], [`offline`], [`mixed`]: the scenarios.
 
 pub mod args;
 pub mod hold;
+pub mod mixed;
 pub mod offline;
+pub mod plot;
 pub mod register;
 pub mod route;
 pub mod stats;
@@ -28,6 +31,7 @@ pub fn main() -> ExitCode {
         Scenario::Route(a) => route::run(&bench.url, &a),
         Scenario::Hold(a) => hold::run(&bench.url, &a),
         Scenario::Offline(a) => offline::run(&bench.url, &a),
+        Scenario::Mixed(a) => mixed::run(&bench.url, &a),
     };
     match result {
         Ok(json) => {

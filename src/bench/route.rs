@@ -10,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
 use super::args::RouteArgs;
+use super::plot;
 use super::stats::{
     own_cpu_secs, register_all, round, run_prefix, BenchUser, Percentiles, ProcSample, Progress,
 };
@@ -42,6 +43,9 @@ pub fn login(url: &str, user: &BenchUser, options: &ConnectOptions) -> Result<Cl
 }
 
 pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
+    if let Some(path) = &args.plot {
+        plot::check_path(path)?;
+    }
     let k = args.pairs.max(1);
     let options = ConnectOptions {
         renewal: if args.mobile_like {
@@ -214,6 +218,14 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     let mut lat: Vec<u64> = results.into_iter().flat_map(|r| r.latencies_ns).collect();
     let p = Percentiles::of(&mut lat);
     let rate = delivered as f64 / secs;
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "route: {k} pairs, window {}, {} B: {delivered} messages, {rate:.0} msgs/s",
+            args.window, args.size
+        );
+        plot::latency_histogram(path, &title, &lat)?;
+        println!("  latency histogram drawn to {}", path.display());
+    }
     println!(
         "route: {k} pairs x {} msgs, {} B, window {}, {}: {delivered} delivered in {secs:.2} s = {rate:.0} msgs/s",
         args.msgs,

@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod link;
 pub mod offline;
+pub mod offline_batch;
 pub mod session;
 pub mod socket;
 

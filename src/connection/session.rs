@@ -24,13 +24,14 @@ use serde_json::Value;
 use super::auth::LoggedIn;
 use super::link::{Link, LinkError};
 use super::offline::OfflineDelivery;
+use super::offline_batch::{OfflineBatch, MAX_BATCH};
 use super::Services;
 use crate::channel::Inbound;
 use crate::dispatcher::{ConnId, Envelope, SessionCommand};
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
 use crate::rate::{CommandRate, Verdict};
-use crate::store::StoreError;
+use crate::store::NewOffline;
 
 /// Longest wait for the dispatcher's answer to `Envelope::Closed`.
 const CLOSED_ANSWER_WAIT: Duration = Duration::from_secs(10);
@@ -114,7 +115,10 @@ impl Session<'_> {
             if let Some(request) = self.outbox.close_requested() {
                 return End::Requested(request);
             }
-            let more_to_read = match readable.then(|| self.read_available()) {
+            // Many of this user's messages for offline recipients wait to
+            // be stored: store them before reading more (bounds that list).
+            let reading = readable && self.outbox.stores_waiting() < STAGE_LIMIT;
+            let more_to_read = match reading.then(|| self.read_available()) {
                 Some(Ok(more)) => more,
                 Some(Err(error)) => return End::Link(error),
                 None => false,
@@ -395,63 +399,55 @@ impl Session<'_> {
         Ok(false)
     }
 
+    /// Moves outbox items into the staging queue. Messages for offline
+    /// recipients are collected and committed in one transaction per batch
+    /// (see [`OfflineBatch`]) before this returns, so whatever was queued
+    /// after them is written only once they are stored.
     fn stage_from_outbox(&mut self) {
+        let mut batch = OfflineBatch::default();
         while self.staged.len() < STAGE_LIMIT {
             let Some(item) = self.outbox.next(&self.receiver) else {
                 break;
             };
             match item {
-                Outgoing::StoreOffline { to, payload } => self.store_for_recipient(&to, &payload),
+                Outgoing::StoreOffline { to, payload } => {
+                    self.add_to_batch(&mut batch, to, &payload)
+                }
                 item => self.staged.push_back(Staged::Item(item)),
             }
         }
+        // Stores the dispatcher queued before anything staged above (the
+        // loop may have stopped at the stage limit, or taken a queue item
+        // pushed after a store it had already looked for).
+        while let Some(item) = self.outbox.next_store() {
+            if let Outgoing::StoreOffline { to, payload } = item {
+                self.add_to_batch(&mut batch, to, &payload);
+            }
+        }
+        self.commit_offline(&mut batch);
     }
 
-    /// Stores a message this user sent to an offline recipient; a failure
-    /// is reported to the sender, never silent.
-    fn store_for_recipient(&mut self, recipient: &str, payload: &Value) {
+    fn add_to_batch(&mut self, batch: &mut OfflineBatch, to: Arc<str>, payload: &Value) {
         let services = self.services;
-        let reserved = services.mailboxes.reserve(recipient, Instant::now(), || {
-            services.store.count_offline(recipient)
-        });
-        match reserved {
-            Ok(true) => {}
-            Ok(false) => {
-                info!(
-                    "{} {}: offline message for {recipient} refused: mailbox full",
-                    self.link.peer, self.user
-                );
-                self.staged
-                    .push_back(Staged::Reply(protocol::error(messages::MAILBOX_FULL)));
-                return;
-            }
-            Err(error) => {
-                warn!(
-                    "{} {}: mailbox of {recipient} not counted: {error}",
-                    self.link.peer, self.user
-                );
-                self.staged
-                    .push_back(Staged::Reply(protocol::error(messages::STORE_UNAVAILABLE)));
-                return;
-            }
+        let store = services.store.as_ref();
+        if let Err(notice) = batch.push(&self.user, to, payload, store, &services.mailboxes) {
+            self.staged
+                .push_back(Staged::Reply(protocol::error(notice)));
         }
-        let text = payload.to_string();
-        let stored = services.store.store_offline(&self.user, recipient, &text);
-        if stored.is_err() {
-            services.mailboxes.release(recipient);
+        if batch.is_full() {
+            self.commit_offline(batch);
         }
-        let error = match stored {
-            Ok(_) => return,
-            Err(StoreError::PayloadTooLarge) => messages::PAYLOAD_TOO_LARGE,
-            Err(error) => {
-                warn!(
-                    "{} {}: offline message for {recipient} not stored: {error}",
-                    self.link.peer, self.user
-                );
-                messages::STORE_UNAVAILABLE
-            }
-        };
-        self.staged.push_back(Staged::Reply(protocol::error(error)));
+    }
+
+    /// Stores the batch; a message not stored is reported to the sender,
+    /// never silent.
+    fn commit_offline(&mut self, batch: &mut OfflineBatch) {
+        let services = self.services;
+        let notices = batch.commit(&self.user, services.store.as_ref(), &services.mailboxes);
+        for notice in notices {
+            self.staged
+                .push_back(Staged::Reply(protocol::error(notice)));
+        }
     }
 
     /// Leaves the dispatcher (handing back what was never written), saves
@@ -498,41 +494,31 @@ impl Session<'_> {
     }
 
     /// Stores what the dispatcher left in the outbox for this thread (its
-    /// own offline-store duties, and messages whose sender is gone);
-    /// returns the `ERROR` notices that were waiting.
+    /// own offline-store duties, and messages whose sender is gone), one
+    /// transaction per [`MAX_BATCH`] messages; returns the `ERROR` notices
+    /// that were waiting.
     fn save_undelivered(&mut self) -> Vec<String> {
         let items: Vec<Outgoing> =
             std::iter::from_fn(|| self.outbox.next(&self.receiver)).collect();
         let mut notices = Vec::new();
-        let mut saved = 0;
+        let mut rows: Vec<(Arc<str>, Arc<str>, String)> = Vec::new();
         for item in items {
-            let stored = match item {
+            match item {
                 Outgoing::Relay {
                     kind: RelayKind::Message,
                     from,
                     payload,
-                } => self
-                    .services
-                    .store
-                    .store_offline(&from, &self.user, &payload.to_string()),
+                } => rows.push((from, self.user.clone(), payload.to_string())),
                 Outgoing::StoreOffline { to, payload } => {
-                    self.services
-                        .store
-                        .store_offline(&self.user, &to, &payload.to_string())
+                    rows.push((self.user.clone(), to, payload.to_string()))
                 }
-                Outgoing::Error(message) => {
-                    notices.push(protocol::error(message));
-                    continue;
-                }
-                Outgoing::Relay { .. } | Outgoing::Typing { .. } => continue,
-            };
-            match stored {
-                Ok(_) => saved += 1,
-                Err(error) => warn!(
-                    "{} {}: undelivered message lost, store failed: {error}",
-                    self.link.peer, self.user
-                ),
+                Outgoing::Error(message) => notices.push(protocol::error(message)),
+                Outgoing::Relay { .. } | Outgoing::Typing { .. } => {}
             }
+        }
+        let mut saved = 0;
+        for chunk in rows.chunks(MAX_BATCH) {
+            saved += self.save_rows(chunk);
         }
         if saved > 0 {
             info!(
@@ -541,6 +527,37 @@ impl Session<'_> {
             );
         }
         notices
+    }
+
+    /// Stores `(sender, recipient, payload)` rows in one transaction (one by
+    /// one if that fails); returns how many were stored.
+    fn save_rows(&self, rows: &[(Arc<str>, Arc<str>, String)]) -> usize {
+        let store = self.services.store.as_ref();
+        let batch: Vec<NewOffline<'_>> = rows
+            .iter()
+            .map(|(sender, recipient, payload)| NewOffline {
+                sender,
+                recipient,
+                payload,
+            })
+            .collect();
+        let results = store.store_offline_batch(&batch).unwrap_or_else(|_| {
+            batch
+                .iter()
+                .map(|m| store.store_offline(m.sender, m.recipient, m.payload))
+                .collect()
+        });
+        let mut saved = 0;
+        for result in results {
+            match result {
+                Ok(_) => saved += 1,
+                Err(error) => warn!(
+                    "{} {}: undelivered message lost, store failed: {error}",
+                    self.link.peer, self.user
+                ),
+            }
+        }
+        saved
     }
 }
 

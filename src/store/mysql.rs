@@ -161,6 +161,10 @@ pub struct MysqlStore {
     pool: Pool,
     settings: MysqlSettings,
     limit: PayloadLimit,
+    /// The id step between the rows of one multi-row `INSERT`, when the
+    /// server hands out consecutive ids for it (`innodb_autoinc_lock_mode`
+    /// 0 or 1); `None` (lock mode 2): one row per statement.
+    batch_id_step: Option<u64>,
 }
 
 impl fmt::Debug for MysqlStore {
@@ -203,12 +207,14 @@ impl MysqlStore {
                 max_bytes: 0,
                 max_chars: Some(0),
             },
+            batch_id_step: None,
         };
         let mut conn = store.conn()?;
         apply_schema(&mut conn)?;
         ensure_offline_index(&mut conn)?;
         check_username_collation(&mut conn)?;
         store.limit = read_payload_limit(&mut conn)?;
+        store.batch_id_step = read_batch_id_step(&mut conn)?;
         log::info!(
             "MySQL store {}: offline payload limit {} bytes",
             store.settings,
@@ -225,6 +231,65 @@ impl MysqlStore {
     fn conn(&self) -> Result<PooledConn, StoreError> {
         self.pool.try_get_conn(ACQUIRE_TIMEOUT).map_err(map_err)
     }
+}
+
+/// Rows per multi-row `INSERT` at most (batches are cut into power-of-two
+/// pieces, so only a handful of statements is ever prepared).
+const INSERT_ROWS: usize = 64;
+
+/// See [`MysqlStore::batch_id_step`].
+fn read_batch_id_step(conn: &mut PooledConn) -> Result<Option<u64>, StoreError> {
+    let row: Option<(Option<u64>, u64)> = conn
+        .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+        .map_err(map_err)?;
+    Ok(match row {
+        Some((Some(mode), step)) if mode < 2 && step > 0 => Some(step),
+        _ => None,
+    })
+}
+
+/// Inserts `rows` with one statement; returns their ids (consecutive by
+/// `step` from the first, see [`MysqlStore::batch_id_step`]).
+fn insert_rows(
+    tx: &mut ::mysql::Transaction<'_>,
+    rows: &[NewOffline<'_>],
+    step: u64,
+) -> Result<Vec<i64>, StoreError> {
+    let sql = format!(
+        "INSERT INTO mensagens_offline (remetente_username, destinatario_username, conteudo) \
+         VALUES {}",
+        vec!["(?, ?, ?)"; rows.len()].join(", ")
+    );
+    let params: Vec<Value> = rows
+        .iter()
+        .flat_map(|m| [m.sender.into(), m.recipient.into(), m.payload.into()])
+        .collect();
+    tx.exec_drop(sql, Params::Positional(params))
+        .map_err(map_err)?;
+    let first = tx
+        .last_insert_id()
+        .ok_or_else(|| StoreError::Backend("no id for the offline rows".into()))?;
+    (0..rows.len() as u64)
+        .map(|i| {
+            i64::try_from(first + i * step)
+                .map_err(|_| StoreError::Backend("offline id out of range".into()))
+        })
+        .collect()
+}
+
+/// Lengths of the pieces a run of `n` rows is inserted in: full
+/// [`INSERT_ROWS`] pieces, then the binary digits of the rest.
+fn insert_pieces(n: usize) -> Vec<usize> {
+    let mut pieces = vec![INSERT_ROWS; n / INSERT_ROWS];
+    let rest = n % INSERT_ROWS;
+    let mut bit = INSERT_ROWS;
+    while bit > 0 {
+        bit /= 2;
+        if rest & bit != 0 {
+            pieces.push(bit);
+        }
+    }
+    pieces
 }
 
 /// Runs each statement of the schema script.
@@ -546,6 +611,30 @@ impl Store for MysqlStore {
         }
         let mut conn = self.conn()?;
         let mut tx = conn.start_transaction(TxOpts::default()).map_err(map_err)?;
+        if let Some(step) = self.batch_id_step {
+            let fits: Vec<NewOffline<'_>> = msgs
+                .iter()
+                .filter(|m| self.limit.allows(m.payload))
+                .copied()
+                .collect();
+            let mut ids = Vec::with_capacity(fits.len());
+            let mut at = 0;
+            for piece in insert_pieces(fits.len()) {
+                ids.extend(insert_rows(&mut tx, &fits[at..at + piece], step)?);
+                at += piece;
+            }
+            tx.commit().map_err(map_err)?;
+            let mut ids = ids.into_iter();
+            return Ok(msgs
+                .iter()
+                .map(|m| match self.limit.allows(m.payload) {
+                    true => ids
+                        .next()
+                        .ok_or_else(|| StoreError::Backend("offline ids missing".into())),
+                    false => Err(StoreError::PayloadTooLarge),
+                })
+                .collect());
+        }
         for m in msgs {
             if !self.limit.allows(m.payload) {
                 out.push(Err(StoreError::PayloadTooLarge));
@@ -904,6 +993,26 @@ mod tests {
             store.store_offline("a", "b", &too_big),
             Err(StoreError::PayloadTooLarge)
         ));
+    }
+}
+
+#[cfg(test)]
+mod piece_tests {
+    use super::*;
+
+    #[test]
+    fn insert_pieces_are_powers_of_two_summing_to_n() {
+        assert!(insert_pieces(0).is_empty());
+        assert_eq!(insert_pieces(1), vec![1]);
+        assert_eq!(insert_pieces(45), vec![32, 8, 4, 1]);
+        assert_eq!(insert_pieces(200), vec![64, 64, 64, 8]);
+        for n in 0..300 {
+            let pieces = insert_pieces(n);
+            assert_eq!(pieces.iter().sum::<usize>(), n);
+            assert!(pieces
+                .iter()
+                .all(|p| p.is_power_of_two() && *p <= INSERT_ROWS));
+        }
     }
 }
 
