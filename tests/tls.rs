@@ -213,3 +213,33 @@ fn chat_client_uses_wss_with_a_ca_file() {
         "{refused:?}"
     );
 }
+
+/// A missing certificate file stops the binary with one line naming it.
+#[test]
+fn a_missing_certificate_is_a_one_line_error() {
+    let db = std::env::temp_dir().join(format!("chat_tls_missing_{}.db", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat_server"))
+        .current_dir(std::env::temp_dir())
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_HOST")
+        .args(["--bind", "127.0.0.1:0", "--sqlite"])
+        .arg(&db)
+        .args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .output()
+        .expect("the binary runs");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("chat_server: cannot read /nonexistent/cert.pem"),
+        "{stderr}"
+    );
+}
