@@ -219,6 +219,102 @@ mod tests {
         assert_eq!(&out, b"hello world");
     }
 
+    /// A TLS server socket and a blocking rustls client over a TCP pair.
+    fn tls_pair() -> (
+        Socket,
+        rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    ) {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let cert = CertificateDer::from(generated.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            generated.signing_key.serialize_der(),
+        ));
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_tcp, server_tcp) = pair();
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let client =
+            rustls::ClientConnection::new(std::sync::Arc::new(client), name).expect("client");
+        let server = ServerConnection::new(std::sync::Arc::new(server)).expect("server");
+        let socket = Socket::new(server_tcp, Some(Instant::now() + Duration::from_secs(10)))
+            .with_tls(server);
+        (socket, rustls::StreamOwned::new(client, client_tcp))
+    }
+
+    /// While the peer does not read, a non-blocking TLS flush fails with
+    /// `WouldBlock` (never `Ok` with records still queued in rustls), and
+    /// once it succeeds every byte reaches the peer.
+    #[test]
+    fn a_tls_flush_succeeds_only_when_every_record_is_sent() {
+        let (mut socket, mut client) = tls_pair();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let total = 4 * 1024 * 1024;
+        let reader = std::thread::spawn(move || {
+            client.write_all(b"hello").expect("client writes");
+            client.flush().expect("client flushes");
+            wait.recv().expect("go");
+            let mut got = vec![0u8; total];
+            client.read_exact(&mut got).expect("client reads all");
+            got
+        });
+        let mut hello = [0u8; 5];
+        socket.read_exact(&mut hello).expect("handshake and hello");
+        assert_eq!(&hello, b"hello");
+        socket.deadline = None;
+        socket.stream.set_nonblocking(true).expect("non-blocking");
+
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        while sent < total {
+            match socket.write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let blocked = socket.flush().expect_err("the peer reads nothing yet");
+        assert_eq!(blocked.kind(), io::ErrorKind::WouldBlock);
+
+        go.send(()).expect("reader waits");
+        loop {
+            while sent < total {
+                match socket.write(&data[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            match socket.flush() {
+                Ok(()) => {
+                    let tls = socket.tls.as_ref().expect("tls");
+                    assert!(!tls.wants_write(), "flush said Ok with records queued");
+                    if sent == total {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("flush: {e}"),
+            }
+        }
+        assert_eq!(reader.join().expect("reader"), data);
+    }
+
     #[test]
     fn a_passed_deadline_fails_reads_with_timed_out() {
         let (_client, server) = pair();
