@@ -328,6 +328,12 @@ impl Link {
             .map_err(LinkError::Io)
     }
 
+    /// Whether input was read from the socket but not handed out yet
+    /// (plaintext TLS decrypted ahead): `poll` would not report it.
+    pub fn has_buffered_input(&mut self) -> bool {
+        self.ws.get_mut().has_buffered_input()
+    }
+
     /// Whether the client is already gone (reset or closed its side): used
     /// right before a login becomes a session.
     pub fn peer_gone(&self) -> bool {

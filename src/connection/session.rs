@@ -137,6 +137,9 @@ impl Session<'_> {
             if self.rate_close {
                 return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
             }
+            // With TLS, a write may have read input into rustls, where poll
+            // cannot see it: never sleep while decrypted input waits.
+            let more_to_read = more_to_read || self.link.has_buffered_input();
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
