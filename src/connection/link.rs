@@ -492,3 +492,35 @@ fn read_first_text(ws: &mut WebSocket<Socket>) -> Result<String, LinkError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_frame_becomes_pieces_that_join_back() {
+        let text: Vec<u8> = (0..FRAGMENT_BYTES * 2 + 5)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let pieces = fragments(text.clone());
+        let shape: Vec<(OpCode, bool, usize)> = pieces
+            .iter()
+            .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (OpCode::Data(Data::Text), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), true, 5),
+            ]
+        );
+        let joined: Vec<u8> = pieces.into_iter().flat_map(Frame::into_data).collect();
+        assert_eq!(joined, text);
+        // A small frame queued behind a fragmented one is one final piece.
+        let one = fragments(b"{}".to_vec());
+        assert_eq!(one.len(), 1);
+        assert!(one[0].header().is_final);
+        assert_eq!(fragments(Vec::new()).len(), 1);
+    }
+}
