@@ -115,6 +115,8 @@ impl LinkError {
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The waker's descriptor was readable: a wake is pending.
+    pub woken: bool,
 }
 
 /// One client's WebSocket and secure channel.
@@ -432,6 +434,7 @@ impl Link {
         Ok(Readiness {
             readable: revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
             writable: revents & (libc::POLLOUT | libc::POLLERR) != 0,
+            woken: fds[1].revents != 0,
         })
     }
 

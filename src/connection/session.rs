@@ -110,8 +110,14 @@ impl Session<'_> {
             return End::Link(error);
         }
         let mut readable = true;
+        // The waker is reset only after `poll` saw it readable (and on the
+        // first turn): that keeps the no-lost-wake order of `Waker::reset`
+        // and saves its read system call on the other turns of a busy loop.
+        let mut woken = true;
         loop {
-            self.outbox.waker().reset();
+            if woken {
+                self.outbox.waker().reset();
+            }
             if let Some(request) = self.outbox.close_requested() {
                 return End::Requested(request);
             }
@@ -154,6 +160,7 @@ impl Session<'_> {
                 .wait(self.write_blocked, self.outbox.waker(), timeout)
             {
                 Ok(ready) => {
+                    woken = ready.woken;
                     readable = ready.readable || more_to_read;
                     if ready.writable {
                         self.write_blocked = false;
