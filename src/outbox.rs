@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -84,6 +84,9 @@ pub struct Outbox {
     /// stores them all each turn and reads nothing new while many wait.
     stores: Mutex<VecDeque<Outgoing>>,
     user_list: Mutex<Option<Arc<str>>>,
+    /// Messages were stored for this connection's user after it asked for
+    /// its mailbox: deliver the mailbox again.
+    offline_waiting: AtomicBool,
     close: AtomicU8,
     waker: Waker,
 }
@@ -101,6 +104,7 @@ impl Outbox {
             overflow: Mutex::new(Vec::new()),
             stores: Mutex::new(VecDeque::new()),
             user_list: Mutex::new(None),
+            offline_waiting: AtomicBool::new(false),
             close: AtomicU8::new(0),
             waker: Waker::new()?,
         };
@@ -147,6 +151,12 @@ impl Outbox {
         self.waker.wake();
     }
 
+    /// Tells the connection that its user's mailbox got new messages.
+    pub fn note_offline_waiting(&self) {
+        self.offline_waiting.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
     /// Asks the connection thread to close. The first request wins.
     pub fn request_close(&self, reason: CloseRequest) {
         let _ = self
@@ -173,6 +183,11 @@ impl Outbox {
             3 => Some(CloseRequest::Shutdown),
             _ => None,
         }
+    }
+
+    /// Whether the mailbox got new messages since the last call.
+    pub fn take_offline_waiting(&self) -> bool {
+        self.offline_waiting.swap(false, Ordering::SeqCst)
     }
 
     /// Takes the unsent user list.
