@@ -23,6 +23,9 @@ use crate::throttle::ThrottleSettings;
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
+    /// An admin command to run on the store instead of the server.
+    #[command(subcommand)]
+    pub command: Option<crate::admin::AdminCommand>,
 }
 
 /// Every setting, as flag and environment variable.
@@ -180,6 +183,19 @@ pub struct Settings {
     /// Most offline messages stored for one recipient; beyond, the sender gets ERROR "mailbox full".
     #[arg(long, env = "CHAT_OFFLINE_QUOTA", default_value = "10000")]
     pub offline_quota: String,
+    /// Age after which offline messages are deleted (30d, 12h, 90m, 45s); 0: never.
+    #[arg(long, env = "CHAT_OFFLINE_MAX_AGE", default_value = "30d")]
+    pub offline_max_age: String,
+    /// Serve GET /metrics to every address, not only to loopback (true or false).
+    #[arg(long, env = "CHAT_METRICS_PUBLIC", default_value = "false")]
+    pub metrics_public: String,
+
+    /// PEM certificate chain: with TLS_KEY, the port speaks TLS (wss:// and HTTPS).
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "TLS_KEY", hide_env_values = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -277,14 +293,35 @@ pub struct Config {
     pub rate: RateSettings,
     /// Most offline messages stored for one recipient.
     pub offline_quota: u64,
+    /// Offline messages older than this are purged in the background;
+    /// `None`: kept until delivered.
+    pub offline_max_age: Option<Duration>,
+    /// Whether `GET /metrics` answers addresses other than loopback.
+    pub metrics_public: bool,
+    /// TLS certificate chain and key files; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the server's TLS certificate and key are (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
     /// Loads `.env` (if present) and parses flags from the process arguments.
     /// Clap prints `--help`/`--version` and usage errors itself.
     pub fn load() -> Result<Config, ConfigError> {
+        Ok(Config::load_with_command()?.0)
+    }
+
+    /// Like [`Config::load`], also returning the admin subcommand, if any.
+    pub fn load_with_command() -> Result<(Config, Option<crate::admin::AdminCommand>), ConfigError>
+    {
         let _ = dotenvy::dotenv();
-        Config::from_settings(&Cli::parse().settings)
+        let cli = Cli::parse();
+        Ok((Config::from_settings(&cli.settings)?, cli.command))
     }
 
     /// A config for tests and embedding: defaults, SQLite at `sqlite_path`.
@@ -385,8 +422,36 @@ impl Config {
                 strikes: parse("CHAT_RATE_LIMIT_STRIKES", &settings.rate_limit_strikes)?,
             },
             offline_quota: positive("CHAT_OFFLINE_QUOTA", &settings.offline_quota)?,
+            offline_max_age: match parse_age(&settings.offline_max_age) {
+                Ok(age) if age.is_zero() => None,
+                Ok(age) => Some(age),
+                Err(reason) => {
+                    return Err(ConfigError {
+                        setting: "CHAT_OFFLINE_MAX_AGE",
+                        reason,
+                    })
+                }
+            },
+            metrics_public: parse("CHAT_METRICS_PUBLIC", &settings.metrics_public)?,
+            tls: tls_files(settings)?,
         };
         Ok(config)
+    }
+}
+
+fn tls_files(settings: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
+    let present = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+    match (present(&settings.tls_cert), present(&settings.tls_key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (Some(_), None) => Err(ConfigError {
+            setting: "TLS_KEY",
+            reason: "TLS_CERT is set, so TLS_KEY must be too".into(),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            setting: "TLS_CERT",
+            reason: "TLS_KEY is set, so TLS_CERT must be too".into(),
+        }),
     }
 }
 
@@ -493,6 +558,28 @@ fn tokens(setting: &'static str, raw: &str, floor: f64) -> Result<f64, ConfigErr
     Ok(value)
 }
 
+/// An age such as `30d`, `12h`, `90m`, `45s` or `45` (seconds).
+pub fn parse_age(raw: &str) -> Result<Duration, String> {
+    let text = raw.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: use a number with s, m, h or d, e.g. 30d")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?}: use a number with s, m, h or d, e.g. 30d"))?;
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?}: too large"))
+}
+
 /// A positive number of seconds.
 fn seconds(setting: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(positive::<u64>(setting, raw)?))
@@ -527,6 +614,44 @@ mod tests {
         assert_eq!(config.rate.typing.burst, 20.0);
         assert_eq!(config.rate.strikes, 100);
         assert_eq!(config.offline_quota, 10_000);
+        assert_eq!(
+            config.offline_max_age,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let config = Config::from_settings(&settings(&[])).unwrap();
+        assert_eq!(config.tls, None);
+        let config =
+            Config::from_settings(&settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]))
+                .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("c.pem"),
+                key: PathBuf::from("k.pem")
+            })
+        );
+        let error = Config::from_settings(&settings(&["--tls-cert", "c.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_KEY");
+        let error = Config::from_settings(&settings(&["--tls-key", "k.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_CERT");
+    }
+
+    #[test]
+    fn offline_max_age_takes_units_and_zero_turns_it_off() {
+        assert_eq!(parse_age("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age(" 12h "), Ok(Duration::from_secs(43_200)));
+        assert!(parse_age("3w").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("-1d").is_err());
+        let config = Config::from_settings(&settings(&["--offline-max-age", "0"])).unwrap();
+        assert_eq!(config.offline_max_age, None);
+        let error = Config::from_settings(&settings(&["--offline-max-age", "soon"])).unwrap_err();
+        assert_eq!(error.setting, "CHAT_OFFLINE_MAX_AGE");
     }
 
     #[test]

@@ -60,17 +60,22 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 
 /// Decodes url-safe or standard base64, padded or not.
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
-    let url_safe: String = text
-        .chars()
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            other => other,
-        })
-        .collect();
-    LENIENT_URL_SAFE
-        .decode(url_safe.as_bytes())
-        .map_err(|_| CryptoError::BadBase64)
+    let bytes = text.as_bytes();
+    let decoded = if bytes.iter().any(|&byte| byte == b'+' || byte == b'/') {
+        // Standard alphabet: translate to url-safe (byte-wise, ASCII only).
+        let url_safe: Vec<u8> = bytes
+            .iter()
+            .map(|&byte| match byte {
+                b'+' => b'-',
+                b'/' => b'_',
+                other => other,
+            })
+            .collect();
+        LENIENT_URL_SAFE.decode(url_safe)
+    } else {
+        LENIENT_URL_SAFE.decode(bytes)
+    };
+    decoded.map_err(|_| CryptoError::BadBase64)
 }
 
 /// Overwrites `bytes` with zeros in a way the optimiser does not remove.
@@ -87,6 +92,16 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     OsRng.fill_bytes(&mut bytes);
     bytes
+}
+
+/// A fresh AES-CBC IV from the thread's CSPRNG (`rand::thread_rng`: ChaCha,
+/// seeded and periodically reseeded from the operating system). IVs are
+/// drawn for every frame, so this avoids one `getrandom` system call per
+/// frame; keys, salts and nonces still come from [`random_bytes`].
+pub fn random_iv() -> [u8; IV_LEN] {
+    let mut iv = [0u8; IV_LEN];
+    rand::thread_rng().fill_bytes(&mut iv);
+    iv
 }
 
 /// An AES-256 key and an HMAC-SHA256 key, used together (encrypt-then-MAC).

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
 use serde_json::Value;
 
+use crate::monitoring::Metrics;
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::presence::{fold, Presence};
 use crate::protocol::{carries_peer_signature, messages, RelayKind};
@@ -112,6 +113,8 @@ pub struct DispatcherSettings {
     pub pending_limit: usize,
     pub presence_window: Duration,
     pub presence_budget: u64,
+    /// Users online and routed relays are counted here.
+    pub metrics: Metrics,
 }
 
 /// One connection known to the dispatcher (a live session, or a replaced
@@ -183,8 +186,11 @@ impl Dispatcher {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.fire_timers(Instant::now());
+            let online = i64::try_from(self.sessions.len()).unwrap_or(i64::MAX);
+            self.settings.metrics.users_online.set(online);
         }
         self.shut_down();
+        self.settings.metrics.users_online.set(0);
         self.drain_closing(Instant::now() + SHUTDOWN_DRAIN);
     }
 
@@ -418,6 +424,7 @@ impl Dispatcher {
     fn relay(&mut self, sender: ConnId, from: Arc<str>, kind: RelayKind, to: &str, payload: Value) {
         let key = fold(to);
         if self.sessions.contains_key(&key) {
+            self.settings.metrics.messages_routed.inc();
             let item = Outgoing::Relay {
                 kind,
                 from,
@@ -622,6 +629,7 @@ mod tests {
             pending_limit: 3,
             presence_window: Duration::from_millis(100),
             presence_budget: 100_000_000,
+            metrics: Metrics::new(),
         };
         let names = users.iter().map(|name| name.to_string()).collect();
         Harness {

@@ -8,8 +8,10 @@
 //! pushes into the recipient's [`outbox`] -> the recipient's connection
 //! thread seals and writes it. Users and offline messages live in a
 //! [`store`] (MySQL/MariaDB or embedded SQLite). [`client`] is the same
-//! protocol from the other side, for tests, tools and benchmarks.
+//! protocol from the other side, for tests, tools and benchmarks; [`web`]
+//! serves the browser client on the same port.
 
+pub mod admin;
 pub mod bench;
 pub mod channel;
 pub mod cli;
@@ -18,7 +20,9 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod dispatcher;
+pub mod expiry;
 pub mod http;
+pub mod monitoring;
 pub mod outbox;
 pub mod password;
 pub mod presence;
@@ -28,4 +32,6 @@ pub mod rate;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod waker;
+pub mod web;

@@ -1,12 +1,15 @@
 //! The `chat_server` binary: settings, logging, then the server until
 //! SIGINT or SIGTERM, which shut it down gracefully (undelivered messages go
 //! to the offline store, clients see close code 1001) and exit 0.
-//! Errors end here as one clear line on stderr and a non-zero exit.
+//! With an admin subcommand (`users ...`, `offline ...`, see
+//! [`chat_server::admin`]) it runs that on the configured store instead and
+//! exits. Errors end here as one clear line on stderr and a non-zero exit.
 
 use std::process::ExitCode;
 
+use chat_server::admin::{self, AdminCommand};
 use chat_server::config::Config;
-use chat_server::server::ServerHandle;
+use chat_server::server::{open_store, ServerHandle};
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 fn main() -> ExitCode {
@@ -20,13 +23,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = match Config::load() {
-        Ok(config) => config,
+    let (config, command) = match Config::load_with_command() {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("chat_server: {error}");
             return ExitCode::from(2);
         }
     };
+    if let Some(command) = command {
+        return run_admin(&config, &command);
+    }
     let log_config = ConfigBuilder::new()
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
@@ -70,6 +76,26 @@ fn run(config: Config, signals: &libc::sigset_t) -> anyhow::Result<()> {
     server.shutdown();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Runs an admin command; only warnings are logged, the output is the answer.
+fn run_admin(config: &Config, command: &AdminCommand) -> ExitCode {
+    let _ = TermLogger::init(
+        config.log_level.min(log::LevelFilter::Warn),
+        ConfigBuilder::new().build(),
+        TerminalMode::Stderr,
+        ColorChoice::Never,
+    );
+    let result = open_store(&config.store)
+        .map_err(admin::AdminError::from)
+        .and_then(|store| admin::run(command, store.as_ref(), &mut std::io::stdout().lock()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chat_server: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread; returns the set.

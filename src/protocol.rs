@@ -198,8 +198,26 @@ pub fn login_challenge(nonce_b64: &str) -> String {
 }
 
 /// `{"type":T,"from":sender,"payload":payload}` for a relayed or stored message.
+///
+/// Serialised straight from the borrowed payload (no copy of its tree), with
+/// the keys in the order `json!` gives them (sorted): the same bytes.
 pub fn relay(kind: RelayKind, from: &str, payload: &Value) -> String {
-    json!({ "type": kind.as_str(), "from": from, "payload": payload }).to_string()
+    #[derive(serde::Serialize)]
+    struct Relay<'a> {
+        from: &'a str,
+        payload: &'a Value,
+        #[serde(rename = "type")]
+        kind: &'a str,
+    }
+    let relay = Relay {
+        from,
+        payload,
+        kind: kind.as_str(),
+    };
+    serde_json::to_string(&relay).unwrap_or_else(|_| {
+        // Unreachable: a string-keyed tree and two strings always serialise.
+        json!({ "type": kind.as_str(), "from": from, "payload": payload }).to_string()
+    })
 }
 
 /// `{"type":"TYPING_STATUS_UPDATE","from":sender,"isTyping":bool}`.
@@ -251,6 +269,16 @@ pub mod messages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_text_is_what_json_gives() {
+        let payload = json!({"z": [1, "two", null], "a": {"nested": "\"quoted\" \u{e9}"}});
+        for kind in [RelayKind::Handshake, RelayKind::Auth, RelayKind::Message] {
+            let expected =
+                json!({ "type": kind.as_str(), "from": "Ana", "payload": payload }).to_string();
+            assert_eq!(relay(kind, "Ana", &payload), expected);
+        }
+    }
 
     fn object(value: Value) -> Object {
         match value {

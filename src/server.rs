@@ -19,17 +19,31 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
+use prometheus::IntGauge;
 
 use crate::config::{Config, StoreConfig};
 use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
+use crate::expiry::Expiry;
 use crate::http::Router;
+use crate::monitoring::{HealthHandler, MeteredStore, Metrics, MetricsHandler};
 use crate::password::{HashGate, PasswordError, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
 use crate::throttle::AuthThrottle;
+use crate::web::WebClient;
+
+/// The plain-HTTP handlers of the chat port: the web client's page and
+/// assets, `/healthz` and `/metrics`.
+fn http_router(store: &Arc<dyn Store>, metrics: &Metrics, metrics_public: bool) -> Router {
+    let mut router = Router::new();
+    router.add(WebClient::new());
+    router.add(HealthHandler::new(store.clone()));
+    router.add(MetricsHandler::new(metrics.clone(), metrics_public));
+    router
+}
 
 /// Stack of a connection thread. Release builds need little (argon2 and
 /// JSON work on the heap); debug builds get more for their bigger frames.
@@ -57,6 +71,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running server.
@@ -68,6 +84,8 @@ pub struct ServerHandle {
     dispatcher: Sender<Envelope>,
     accept_thread: Option<JoinHandle<()>>,
     dispatcher_thread: Option<JoinHandle<()>>,
+    /// The offline expiry thread (stops when dropped).
+    _expiry: Option<Expiry>,
 }
 
 /// Opens the configured store.
@@ -93,6 +111,19 @@ impl ServerHandle {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<ServerHandle, ServerError> {
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = crate::tls::server_config(&files.cert, &files.key)?;
+                info!(
+                    "TLS on (wss:// and https://), certificate {}",
+                    files.cert.display()
+                );
+                Some(tls)
+            }
+            None => None,
+        };
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let usernames = store.all_usernames()?;
         let passwords = PasswordHasher::new(config.hash)?;
         let listener = TcpListener::bind(config.bind).map_err(|source| ServerError::Bind {
@@ -109,6 +140,7 @@ impl ServerHandle {
             pending_limit: config.outbox_capacity,
             presence_window: config.presence_window,
             presence_budget: config.presence_budget,
+            metrics: metrics.clone(),
         };
         let registered = usernames.len();
         let dispatcher = Dispatcher::new(inbox, usernames, settings);
@@ -117,9 +149,14 @@ impl ServerHandle {
             .spawn(move || dispatcher.run())
             .map_err(ServerError::Thread)?;
         let store_name = store.backend_name();
+        let expiry = match config.offline_max_age {
+            Some(age) => Some(Expiry::start(store.clone(), age).map_err(ServerError::Thread)?),
+            None => None,
+        };
         let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
         let throttle = AuthThrottle::new(config.throttle);
         let mailboxes = MailboxQuota::new(config.offline_quota);
+        let http = http_router(&store, &metrics, config.metrics_public);
         let services = Arc::new(Services {
             mailboxes,
             throttle,
@@ -129,7 +166,9 @@ impl ServerHandle {
             dispatcher: dispatcher_tx.clone(),
             passwords,
             offline_claims: OfflineClaims::default(),
-            http: Router::new(),
+            http,
+            metrics,
+            tls,
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
@@ -148,6 +187,7 @@ impl ServerHandle {
                 max_per_address: services.config.max_connections_per_address,
                 active: active.clone(),
                 per_address: Mutex::new(HashMap::new()),
+                open: services.metrics.connections_open.clone(),
             }),
             services,
             stopping: stopping.clone(),
@@ -166,6 +206,7 @@ impl ServerHandle {
             dispatcher: dispatcher_tx,
             accept_thread: Some(accept_thread),
             dispatcher_thread: Some(dispatcher_thread),
+            _expiry: expiry,
         })
     }
 
@@ -240,6 +281,8 @@ struct Limits {
     max_per_address: usize,
     active: Arc<AtomicUsize>,
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// The `connections_open` gauge, kept equal to `active`.
+    open: IntGauge,
 }
 
 /// Why a connection was refused at accept.
@@ -249,6 +292,16 @@ enum Refusal {
     Total(usize),
     #[error("{0} connections open from this address, the limit")]
     PerAddress(usize),
+}
+
+impl Refusal {
+    /// The `reason` label of the rejected connections metric.
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Total(_) => "total_limit",
+            Refusal::PerAddress(_) => "per_address_limit",
+        }
+    }
 }
 
 impl Limits {
@@ -268,6 +321,7 @@ impl Limits {
         }
         *from_address += 1;
         self.active.fetch_add(1, Ordering::SeqCst);
+        self.open.inc();
         Ok(Slot {
             limits: self.clone(),
             address,
@@ -296,6 +350,7 @@ impl Drop for Slot {
             }
         }
         self.limits.active.fetch_sub(1, Ordering::SeqCst);
+        self.limits.open.dec();
     }
 }
 
@@ -378,6 +433,7 @@ impl Acceptor {
             Ok(slot) => slot,
             Err(refusal) => {
                 warn!("{peer}: connection refused at accept: {refusal}");
+                self.services.metrics.count_rejected(refusal.label());
                 return;
             }
         };
@@ -392,6 +448,7 @@ impl Acceptor {
             });
         if let Err(error) = spawned {
             warn!("{peer}: connection refused, no thread: {error}");
+            self.services.metrics.count_rejected("no_thread");
         }
     }
 }

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,66 +13,9 @@ use chat_server::client::identity::Identity;
 use chat_server::client::Client;
 use chat_server::store::testdb::mysql_test_db;
 use chat_server::store::{MysqlStore, Store};
+use common::proxy::Proxy;
 use common::{test_config, TestServer, WAIT};
 use serde_json::json;
-
-/// A TCP proxy to the database that can be cut (every connection dropped,
-/// new ones refused) and restored.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let open = Arc::new(Mutex::new(Vec::new()));
-        let (cut_flag, streams) = (cut.clone(), open.clone());
-        thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if cut_flag.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let mut streams = streams.lock().unwrap();
-                streams.push(client.try_clone().unwrap());
-                streams.push(server.try_clone().unwrap());
-                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pump(server, client);
-            }
-        });
-        Proxy { port, cut, open }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for stream in self.open.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    thread::spawn(move || {
-        let mut buffer = [0u8; 16 * 1024];
-        while let Ok(n) = from.read(&mut buffer) {
-            if n == 0 || to.write_all(&buffer[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Both);
-    });
-}
 
 fn register_status(server: &TestServer, name: &str) -> String {
     let mut client = Client::connect(&server.url).unwrap();

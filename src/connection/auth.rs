@@ -76,6 +76,7 @@ pub fn authenticate(
         conn,
         services,
         challenge: None,
+        kind: "other",
     };
     let mut commands = 0;
     loop {
@@ -109,10 +110,14 @@ struct Authenticator<'a> {
     conn: ConnId,
     services: &'a Services,
     challenge: Option<Challenge>,
+    /// What the command being answered is, for the metrics: register,
+    /// password, challenge or other.
+    kind: &'static str,
 }
 
 impl Authenticator<'_> {
     fn handle(&mut self, object: &protocol::Object) -> Result<Step, LinkError> {
+        self.kind = "other";
         match protocol::parse_command(object) {
             Ok(Command::Auth(command)) => self.command(command),
             Ok(Command::Chat(_) | Command::Unknown(_)) => {
@@ -127,6 +132,13 @@ impl Authenticator<'_> {
     }
 
     fn command(&mut self, command: AuthCommand) -> Result<Step, LinkError> {
+        self.kind = match &command {
+            AuthCommand::Register { .. } => "register",
+            AuthCommand::Login { .. } => "password",
+            AuthCommand::ChallengeRequest { .. } | AuthCommand::ChallengeResponse { .. } => {
+                "challenge"
+            }
+        };
         match command {
             AuthCommand::Register {
                 username,
@@ -147,6 +159,13 @@ impl Authenticator<'_> {
     }
 
     fn answer(&mut self, status: &str, message: Option<&str>) -> Result<(), LinkError> {
+        let result = match status {
+            status::REGISTER_SUCCESS | status::LOGIN_SUCCESS => "success",
+            status::LOGIN_FAILED => "failure",
+            status::USERNAME_EXISTS => "username_exists",
+            _ => "error",
+        };
+        self.services.metrics.count_auth(self.kind, result);
         self.link
             .send_now(&protocol::auth_response(status, message))
     }

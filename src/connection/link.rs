@@ -18,7 +18,10 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
+use prometheus::IntCounter;
+
 use crate::channel::{ChannelError, Inbound, RenewalPolicy, ServerChannel};
+use crate::monitoring::Metrics;
 use crate::waker::Waker;
 
 use super::socket::Socket;
@@ -112,6 +115,8 @@ impl LinkError {
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The waker's descriptor was readable: a wake is pending.
+    pub woken: bool,
 }
 
 /// One client's WebSocket and secure channel.
@@ -124,6 +129,25 @@ pub struct Link {
     /// Frames not yet given to tungstenite: the rest of a fragmented
     /// message, and whatever was sent after it (in order).
     unfed: VecDeque<Frame>,
+    /// Frame and renewal counters, from [`Link::counted`] on.
+    counters: Option<LinkCounters>,
+}
+
+/// The metrics a link counts into.
+struct LinkCounters {
+    frames_in: IntCounter,
+    frames_out: IntCounter,
+    renegotiations: IntCounter,
+}
+
+impl LinkCounters {
+    fn of(metrics: &Metrics) -> LinkCounters {
+        LinkCounters {
+            frames_in: metrics.frames_in.clone(),
+            frames_out: metrics.frames_out.clone(),
+            renegotiations: metrics.renegotiations.clone(),
+        }
+    }
 }
 
 impl Link {
@@ -159,11 +183,25 @@ impl Link {
                 peer,
                 unfed: VecDeque::new(),
                 last_heard: Instant::now(),
+                counters: None,
             }),
             Err(error) => {
                 close_websocket(&mut ws, error.close_code(), &error.to_string());
                 Err(error)
             }
+        }
+    }
+
+    /// Counts this link's frames and renewals into `metrics` from now on.
+    /// (The frames of the handshake itself are not counted.)
+    pub fn counted(mut self, metrics: &Metrics) -> Link {
+        self.counters = Some(LinkCounters::of(metrics));
+        self
+    }
+
+    fn count_frame_out(&self) {
+        if let Some(counters) = &self.counters {
+            counters.frames_out.inc();
         }
     }
 
@@ -173,7 +211,18 @@ impl Link {
         let message = self.ws.read()?;
         self.last_heard = Instant::now();
         match message {
-            Message::Text(text) => Ok(Some(self.channel.open(&text, Instant::now())?)),
+            Message::Text(text) => {
+                if let Some(counters) = &self.counters {
+                    counters.frames_in.inc();
+                }
+                let renewals = self.channel.renewals_completed();
+                let inbound = self.channel.open(&text, Instant::now())?;
+                if let Some(counters) = &self.counters {
+                    let completed = self.channel.renewals_completed().saturating_sub(renewals);
+                    counters.renegotiations.inc_by(completed);
+                }
+                Ok(Some(inbound))
+            }
             Message::Binary(_) => Err(LinkError::violation(1002, "binary frames are not allowed")),
             Message::Close(_) => Err(LinkError::Closed),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
@@ -215,6 +264,7 @@ impl Link {
     }
 
     fn write(&mut self, frame: String) -> Result<bool, LinkError> {
+        self.count_frame_out();
         if frame.len() <= FRAGMENT_BYTES && self.unfed.is_empty() {
             return self.write_message(Message::Text(frame));
         }
@@ -271,6 +321,7 @@ impl Link {
 
     /// Sends a sealed control frame and waits until it is written.
     pub fn send_sealed_now(&mut self, frame: String) -> Result<(), LinkError> {
+        self.count_frame_out();
         self.ws.send(Message::Text(frame))?;
         Ok(())
     }
@@ -318,6 +369,12 @@ impl Link {
             .stream
             .set_nonblocking(true)
             .map_err(LinkError::Io)
+    }
+
+    /// Whether input was read from the socket but not handed out yet
+    /// (plaintext TLS decrypted ahead): `poll` would not report it.
+    pub fn has_buffered_input(&mut self) -> bool {
+        self.ws.get_mut().has_buffered_input()
     }
 
     /// Whether the client is already gone (reset or closed its side): used
@@ -377,6 +434,7 @@ impl Link {
         Ok(Readiness {
             readable: revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
             writable: revents & (libc::POLLOUT | libc::POLLERR) != 0,
+            woken: fds[1].revents != 0,
         })
     }
 

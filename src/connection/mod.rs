@@ -39,6 +39,7 @@ use log::{debug, info};
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
 use crate::http::{self, RequestHead, Router};
+use crate::monitoring::Metrics;
 use crate::password::{HashGate, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::Store;
@@ -63,6 +64,10 @@ pub struct Services {
     pub mailboxes: MailboxQuota,
     /// What plain HTTP requests on the chat port are answered with.
     pub http: Router,
+    /// Counters and gauges of this server.
+    pub metrics: Metrics,
+    /// TLS settings when the port speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every
@@ -75,6 +80,15 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
     }
     let deadline = Instant::now() + config.handshake_timeout;
     let mut socket = Socket::new(stream, Some(deadline));
+    if let Some(tls) = &services.tls {
+        match rustls::ServerConnection::new(tls.clone()) {
+            Ok(connection) => socket = socket.with_tls(connection),
+            Err(error) => {
+                info!("{peer}: no TLS session: {error}");
+                return;
+            }
+        }
+    }
     let head = match http::read_head(&mut socket) {
         Ok(head) => head,
         Err(error) => {
@@ -94,7 +108,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
         config.max_auth_message_bytes,
         config.renewal.clone(),
     ) {
-        Ok(link) => link,
+        Ok(link) => link.counted(&services.metrics),
         Err(error) => {
             info!("{peer}: handshake failed: {error}");
             return;

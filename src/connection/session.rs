@@ -110,8 +110,14 @@ impl Session<'_> {
             return End::Link(error);
         }
         let mut readable = true;
+        // The waker is reset only after `poll` saw it readable (and on the
+        // first turn): that keeps the no-lost-wake order of `Waker::reset`
+        // and saves its read system call on the other turns of a busy loop.
+        let mut woken = true;
         loop {
-            self.outbox.waker().reset();
+            if woken {
+                self.outbox.waker().reset();
+            }
             if let Some(request) = self.outbox.close_requested() {
                 return End::Requested(request);
             }
@@ -137,6 +143,9 @@ impl Session<'_> {
             if self.rate_close {
                 return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
             }
+            // With TLS, a write may have read input into rustls, where poll
+            // cannot see it: never sleep while decrypted input waits.
+            let more_to_read = more_to_read || self.link.has_buffered_input();
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
@@ -151,6 +160,7 @@ impl Session<'_> {
                 .wait(self.write_blocked, self.outbox.waker(), timeout)
             {
                 Ok(ready) => {
+                    woken = ready.woken;
                     readable = ready.readable || more_to_read;
                     if ready.writable {
                         self.write_blocked = false;

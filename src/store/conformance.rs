@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use super::{NewOffline, Store, StoreError, DELETE_CHUNK};
+use std::time::Duration;
+
+use super::{DeletedUser, NewOffline, OfflineStats, Store, StoreError, UserSummary, DELETE_CHUNK};
 
 /// Runs every check. The store must start with no users and no offline rows.
 pub(crate) fn run(store: &dyn Store) {
@@ -16,6 +18,9 @@ pub(crate) fn run(store: &dyn Store) {
     offline_delete_many(store);
     offline_batch(store);
     offline_concurrent_writers(store);
+    admin_listing_and_stats(store);
+    admin_reset_and_delete(store);
+    offline_purge_by_age(store);
 }
 
 fn users(store: &dyn Store) {
@@ -271,4 +276,124 @@ fn offline_batch(store: &dyn Store) {
     assert!(matches!(r.as_slice(), [Err(StoreError::PayloadTooLarge)]));
     store.delete_offline(&ids).unwrap();
     assert_eq!(store.count_offline("Batch").unwrap(), 0);
+}
+
+/// The admin view: users with their key state and waiting messages, and
+/// the offline statistics. Runs after the suites above (users Alice, bob,
+/// Élodie and one racer; an empty offline queue).
+fn admin_listing_and_stats(store: &dyn Store) {
+    assert_eq!(store.offline_stats().unwrap(), OfflineStats::default());
+    store.store_offline("bob", "alice", "{\"n\":1}").unwrap();
+    store.store_offline("bob", "ALICE", "{\"n\":2}").unwrap();
+    store.store_offline("Alice", "Élodie", "{\"n\":3}").unwrap();
+    store.store_offline("Alice", "ghost", "{\"n\":4}").unwrap();
+    store.store_offline("Alice", "ghost", "{\"n\":5}").unwrap();
+    store.store_offline("Alice", "ghost", "{\"n\":6}").unwrap();
+
+    let users = store.list_users().unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
+    assert_eq!(names.len(), 4, "{users:?}");
+    assert_eq!(names[..3], ["Alice", "bob", "Élodie"]);
+    assert_eq!(
+        users[0],
+        UserSummary {
+            username: "Alice".into(),
+            has_key: true,
+            offline_waiting: 2
+        }
+    );
+    assert_eq!(users[1].offline_waiting, 0);
+    assert_eq!(users[2].offline_waiting, 1);
+    assert!(users.iter().all(|u| u.has_key));
+
+    let stats = store.offline_stats().unwrap();
+    assert_eq!(stats.total, 6);
+    let per: Vec<(String, u64)> = stats
+        .per_recipient
+        .iter()
+        .map(|(name, n)| (name.to_lowercase(), *n))
+        .collect();
+    assert_eq!(
+        per,
+        vec![
+            ("ghost".to_string(), 3),
+            ("alice".to_string(), 2),
+            ("élodie".to_string(), 1)
+        ]
+    );
+    // Just stored: at most a few seconds old (clock steps aside).
+    assert!(
+        stats.oldest_age_secs.is_some_and(|age| age < 3600),
+        "{stats:?}"
+    );
+}
+
+fn admin_reset_and_delete(store: &dyn Store) {
+    // Reset: the key is cleared, the rest of the record kept.
+    assert_eq!(store.reset_public_key("nobody").unwrap(), None);
+    let before = store.find_user("bob").unwrap().unwrap();
+    assert_eq!(
+        store.reset_public_key("BOB").unwrap().as_deref(),
+        Some("bob")
+    );
+    let after = store.find_user("bob").unwrap().unwrap();
+    assert_eq!(after.public_key, "");
+    assert_eq!(after.password_hash, before.password_hash);
+    assert_eq!(after.id, before.id);
+    let bob = store.list_users().unwrap();
+    assert!(!bob.iter().find(|u| u.username == "bob").unwrap().has_key);
+    // A password login may store a new key again.
+    store.set_public_key(after.id, "bmV3").unwrap();
+    assert_eq!(store.find_user("bob").unwrap().unwrap().public_key, "bmV3");
+
+    // Delete: the user and the messages waiting for it go, others stay.
+    assert_eq!(store.delete_user("nobody").unwrap(), None);
+    assert_eq!(
+        store.delete_user("aLiCe").unwrap(),
+        Some(DeletedUser {
+            username: "Alice".into(),
+            offline_deleted: 2
+        })
+    );
+    assert_eq!(store.find_user("alice").unwrap(), None);
+    assert_eq!(store.count_offline("alice").unwrap(), 0);
+    assert_eq!(store.count_offline("ghost").unwrap(), 3);
+    assert_eq!(store.count_offline("élodie").unwrap(), 1);
+    assert!(!store
+        .all_usernames()
+        .unwrap()
+        .contains(&"Alice".to_string()));
+    assert_eq!(store.delete_user("alice").unwrap(), None);
+    // The name is free again.
+    store.create_user("Alice", "h", "a2V5").unwrap();
+    assert_eq!(store.find_user("alice").unwrap().unwrap().username, "Alice");
+}
+
+/// Purging by age deletes only what is older; the database clock has
+/// whole-second resolution, so the old rows are given two seconds.
+fn offline_purge_by_age(store: &dyn Store) {
+    let waiting = store.offline_stats().unwrap().total;
+    assert_eq!(waiting, 4);
+    assert_eq!(
+        store
+            .purge_offline_older_than(Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let fresh = store
+        .store_offline("bob", "ghost", "{\"fresh\":1}")
+        .unwrap();
+    assert_eq!(
+        store
+            .purge_offline_older_than(Duration::from_secs(1))
+            .unwrap(),
+        waiting
+    );
+    let rest = store.fetch_offline("ghost", 0, 10).unwrap();
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), vec![fresh]);
+    let stats = store.offline_stats().unwrap();
+    assert_eq!(stats.total, 1);
+    assert_eq!(stats.per_recipient, vec![("ghost".to_string(), 1)]);
+    store.delete_offline(&[fresh]).unwrap();
 }

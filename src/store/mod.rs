@@ -53,6 +53,43 @@ pub struct NewOffline<'a> {
     pub payload: &'a str,
 }
 
+/// One registered user as the admin listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    /// The stored spelling.
+    pub username: String,
+    /// Whether a public key is stored (an empty key, after
+    /// [`Store::reset_public_key`], means the next login must use the password).
+    pub has_key: bool,
+    /// Offline messages waiting for this user.
+    pub offline_waiting: u64,
+}
+
+/// What [`Store::delete_user`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedUser {
+    /// The stored spelling of the deleted user.
+    pub username: String,
+    /// Offline messages that were waiting for the user, deleted with it.
+    pub offline_deleted: u64,
+}
+
+/// The offline queue at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OfflineStats {
+    /// Messages waiting in total.
+    pub total: u64,
+    /// `(recipient, waiting)`, most waiting first, then by name.
+    pub per_recipient: Vec<(String, u64)>,
+    /// Age of the oldest message, in whole seconds (`None`: the queue is
+    /// empty or no row has a time).
+    pub oldest_age_secs: Option<u64>,
+}
+
+/// Rows deleted per statement by [`Store::purge_offline_older_than`], so a
+/// large purge never holds a lock for long.
+pub(crate) const PURGE_BATCH: usize = 1000;
+
 /// Errors of every store operation.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
@@ -150,6 +187,49 @@ pub trait Store: Send + Sync {
 
     /// Checks that the database answers.
     fn ping(&self) -> Result<(), StoreError>;
+
+    // The admin operations below have defaults that fail, so wrapper
+    // stores (tests) need not forward them; both real backends override
+    // every one.
+
+    /// Every registered user with whether a key is stored and how many
+    /// offline messages wait, in registration order.
+    fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        Err(unsupported("listing users"))
+    }
+
+    /// Deletes a user (found case-insensitively) and the offline messages
+    /// waiting for it, in one transaction. `None`: no such user.
+    fn delete_user(&self, username: &str) -> Result<Option<DeletedUser>, StoreError> {
+        let _ = username;
+        Err(unsupported("deleting users"))
+    }
+
+    /// Clears a user's public key (an empty key never verifies a challenge,
+    /// so the next login must be a password login, which may store a new
+    /// key). Returns the stored spelling; `None`: no such user.
+    fn reset_public_key(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let _ = username;
+        Err(unsupported("resetting keys"))
+    }
+
+    /// Counts of the offline queue.
+    fn offline_stats(&self) -> Result<OfflineStats, StoreError> {
+        Err(unsupported("offline statistics"))
+    }
+
+    /// Deletes offline messages stored more than `age` ago (whole seconds,
+    /// by the database clock), in batches of [`PURGE_BATCH`] rows; returns
+    /// how many were deleted.
+    fn purge_offline_older_than(&self, age: std::time::Duration) -> Result<u64, StoreError> {
+        let _ = age;
+        Err(unsupported("purging offline messages"))
+    }
+}
+
+/// The error of an admin operation a (test) store does not implement.
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Backend(format!("{what} is not supported by this store"))
 }
 
 /// The case-insensitive key of a name where the database cannot compare

@@ -20,7 +20,8 @@ use ::mysql::{
 };
 
 use super::{
-    delete_chunks, placeholders, NewOffline, OfflineMessage, Store, StoreError, UserRecord,
+    delete_chunks, placeholders, DeletedUser, NewOffline, OfflineMessage, OfflineStats, Store,
+    StoreError, UserRecord, UserSummary, PURGE_BATCH,
 };
 
 /// The schema applied at connect.
@@ -715,6 +716,105 @@ impl Store for MysqlStore {
     fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         conn.query_drop("SELECT 1").map_err(map_err)
+    }
+
+    fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, bool, u64)> = conn
+            .query(
+                "SELECT u.userName, u.public_key <> '', \
+                 (SELECT COUNT(*) FROM mensagens_offline m \
+                  WHERE m.destinatario_username = u.userName) \
+                 FROM usuarios u ORDER BY u.id",
+            )
+            .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(username, has_key, offline_waiting)| UserSummary {
+                username,
+                has_key,
+                offline_waiting,
+            })
+            .collect())
+    }
+
+    fn delete_user(&self, username: &str) -> Result<Option<DeletedUser>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.start_transaction(TxOpts::default()).map_err(map_err)?;
+        let row: Option<(i64, String)> = tx
+            .exec_first(
+                "SELECT id, userName FROM usuarios WHERE userName = ? \
+                 ORDER BY id LIMIT 1 FOR UPDATE",
+                (username,),
+            )
+            .map_err(map_err)?;
+        let Some((id, username)) = row else {
+            return Ok(None);
+        };
+        tx.exec_drop(
+            "DELETE FROM mensagens_offline WHERE destinatario_username = ?",
+            (&username,),
+        )
+        .map_err(map_err)?;
+        let offline_deleted = tx.affected_rows();
+        tx.exec_drop("DELETE FROM usuarios WHERE id = ?", (id,))
+            .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+        Ok(Some(DeletedUser {
+            username,
+            offline_deleted,
+        }))
+    }
+
+    fn reset_public_key(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let Some(user) = self.find_user(username)? else {
+            return Ok(None);
+        };
+        self.set_public_key(user.id, "")?;
+        Ok(Some(user.username))
+    }
+
+    fn offline_stats(&self) -> Result<OfflineStats, StoreError> {
+        let mut conn = self.conn()?;
+        let totals: Option<(u64, Option<i64>)> = conn
+            .query_first(
+                "SELECT COUNT(*), TIMESTAMPDIFF(SECOND, MIN(data_envio), CURRENT_TIMESTAMP) \
+                 FROM mensagens_offline",
+            )
+            .map_err(map_err)?;
+        let (total, oldest) = totals.unwrap_or((0, None));
+        let per_recipient: Vec<(String, u64)> = conn
+            .query(
+                "SELECT MIN(destinatario_username), COUNT(*) AS n FROM mensagens_offline \
+                 GROUP BY destinatario_username ORDER BY n DESC, 1",
+            )
+            .map_err(map_err)?;
+        Ok(OfflineStats {
+            total,
+            per_recipient,
+            oldest_age_secs: oldest.map(|secs| u64::try_from(secs).unwrap_or(0)),
+        })
+    }
+
+    fn purge_offline_older_than(&self, age: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.conn()?;
+        let mut purged = 0u64;
+        loop {
+            // Oldest rows have the smallest ids: each batch finds its rows
+            // at the start of the primary key (data_envio has no index).
+            conn.exec_drop(
+                "DELETE FROM mensagens_offline \
+                 WHERE data_envio < CURRENT_TIMESTAMP - INTERVAL ? SECOND \
+                 ORDER BY id LIMIT ?",
+                (age.as_secs(), PURGE_BATCH as u64),
+            )
+            .map_err(map_err)?;
+            let deleted = conn.affected_rows();
+            purged += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
     }
 }
 

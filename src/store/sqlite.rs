@@ -19,8 +19,8 @@ use std::time::Duration;
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension};
 
 use super::{
-    delete_chunks, name_key, placeholders, NewOffline, OfflineMessage, Store, StoreError,
-    UserRecord,
+    delete_chunks, name_key, placeholders, DeletedUser, NewOffline, OfflineMessage, OfflineStats,
+    Store, StoreError, UserRecord, UserSummary, PURGE_BATCH,
 };
 
 /// The schema applied at open.
@@ -318,6 +318,126 @@ impl Store for SqliteStore {
             .map(drop)
             .map_err(map_err)
     }
+
+    fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT u.userName, u.public_key <> '', \
+                 (SELECT COUNT(*) FROM mensagens_offline m WHERE m.recipient_key = u.name_key) \
+                 FROM usuarios u ORDER BY u.id",
+            )
+            .map_err(map_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(UserSummary {
+                    username: r.get(0)?,
+                    has_key: r.get(1)?,
+                    offline_waiting: count(r.get(2)?),
+                })
+            })
+            .map_err(map_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
+    }
+
+    fn delete_user(&self, username: &str) -> Result<Option<DeletedUser>, StoreError> {
+        let key = name_key(username);
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(map_err)?;
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT userName FROM usuarios WHERE name_key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(map_err)?;
+        let Some(username) = stored else {
+            return Ok(None);
+        };
+        let offline_deleted = tx
+            .execute(
+                "DELETE FROM mensagens_offline WHERE recipient_key = ?1",
+                params![key],
+            )
+            .map_err(map_err)?;
+        tx.execute("DELETE FROM usuarios WHERE name_key = ?1", params![key])
+            .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+        Ok(Some(DeletedUser {
+            username,
+            offline_deleted: offline_deleted as u64,
+        }))
+    }
+
+    fn reset_public_key(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let key = name_key(username);
+        let conn = self.lock();
+        conn.query_row(
+            "UPDATE usuarios SET public_key = '' WHERE name_key = ?1 RETURNING userName",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)
+    }
+
+    fn offline_stats(&self) -> Result<OfflineStats, StoreError> {
+        let conn = self.lock();
+        let (total, oldest): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), \
+                 CAST(strftime('%s', 'now') AS INTEGER) \
+                   - CAST(strftime('%s', MIN(data_envio)) AS INTEGER) \
+                 FROM mensagens_offline",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(map_err)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT MIN(destinatario_username), COUNT(*) AS n FROM mensagens_offline \
+                 GROUP BY recipient_key ORDER BY n DESC, recipient_key",
+            )
+            .map_err(map_err)?;
+        let per_recipient = stmt
+            .query_map([], |r| Ok((r.get(0)?, count(r.get(1)?))))
+            .map_err(map_err)?
+            .collect::<Result<Vec<(String, u64)>, _>>()
+            .map_err(map_err)?;
+        Ok(OfflineStats {
+            total: count(total),
+            per_recipient,
+            oldest_age_secs: oldest.map(count),
+        })
+    }
+
+    fn purge_offline_older_than(&self, age: Duration) -> Result<u64, StoreError> {
+        let modifier = format!("-{} seconds", age.as_secs());
+        let batch = i64::try_from(PURGE_BATCH).unwrap_or(i64::MAX);
+        let mut purged = 0u64;
+        loop {
+            // The lock is taken per batch, so other threads interleave.
+            let conn = self.lock();
+            let mut stmt = conn
+                .prepare_cached(
+                    "DELETE FROM mensagens_offline WHERE id IN (\
+                     SELECT id FROM mensagens_offline \
+                     WHERE data_envio < datetime('now', ?1) ORDER BY id LIMIT ?2)",
+                )
+                .map_err(map_err)?;
+            let deleted = stmt.execute(params![modifier, batch]).map_err(map_err)?;
+            purged += deleted as u64;
+            if deleted < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+/// A database count (never negative) as `u64`.
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 #[cfg(test)]

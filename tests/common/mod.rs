@@ -3,6 +3,8 @@
 //! afterwards), and helpers that drive it with the crate's own client.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
