@@ -189,6 +189,13 @@ pub struct Settings {
     /// Serve GET /metrics to every address, not only to loopback (true or false).
     #[arg(long, env = "CHAT_METRICS_PUBLIC", default_value = "false")]
     pub metrics_public: String,
+
+    /// PEM certificate chain: with TLS_KEY, the port speaks TLS (wss:// and HTTPS).
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "TLS_KEY", hide_env_values = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A setting that failed validation; the message names the setting.
@@ -291,6 +298,15 @@ pub struct Config {
     pub offline_max_age: Option<Duration>,
     /// Whether `GET /metrics` answers addresses other than loopback.
     pub metrics_public: bool,
+    /// TLS certificate chain and key files; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the server's TLS certificate and key are (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -417,8 +433,25 @@ impl Config {
                 }
             },
             metrics_public: parse("CHAT_METRICS_PUBLIC", &settings.metrics_public)?,
+            tls: tls_files(settings)?,
         };
         Ok(config)
+    }
+}
+
+fn tls_files(settings: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
+    let present = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+    match (present(&settings.tls_cert), present(&settings.tls_key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (Some(_), None) => Err(ConfigError {
+            setting: "TLS_KEY",
+            reason: "TLS_CERT is set, so TLS_KEY must be too".into(),
+        }),
+        (None, Some(_)) => Err(ConfigError {
+            setting: "TLS_CERT",
+            reason: "TLS_KEY is set, so TLS_CERT must be too".into(),
+        }),
     }
 }
 
@@ -585,6 +618,26 @@ mod tests {
             config.offline_max_age,
             Some(Duration::from_secs(30 * 86_400))
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let config = Config::from_settings(&settings(&[])).unwrap();
+        assert_eq!(config.tls, None);
+        let config =
+            Config::from_settings(&settings(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]))
+                .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("c.pem"),
+                key: PathBuf::from("k.pem")
+            })
+        );
+        let error = Config::from_settings(&settings(&["--tls-cert", "c.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_KEY");
+        let error = Config::from_settings(&settings(&["--tls-key", "k.pem"])).unwrap_err();
+        assert_eq!(error.setting, "TLS_CERT");
     }
 
     #[test]

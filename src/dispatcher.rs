@@ -60,6 +60,10 @@ pub enum Envelope {
         unsent: Vec<Outgoing>,
         done: Sender<()>,
     },
+    /// Offline messages for these users were committed to the store: a
+    /// recipient who is online by now and already fetched its mailbox
+    /// gets it delivered again (it logged in while they were being stored).
+    OfflineStored { recipients: Vec<Arc<str>> },
     /// Ask every connection to close and stop the dispatcher.
     Shutdown,
 }
@@ -100,6 +104,9 @@ pub enum SessionCommand {
         is_typing: bool,
     },
     RequestUserList,
+    /// `REQUEST_OFFLINE_MESSAGES`: the connection thread delivers the
+    /// mailbox; from now on, messages stored later are announced to it.
+    OfflineRequested,
     /// Any other chat command (handled on the connection thread): the
     /// session is ready to receive.
     Ready,
@@ -136,6 +143,8 @@ struct Session {
     pending: Option<VecDeque<Outgoing>>,
     /// When this session last relayed a peer signature.
     last_peer_signature: Option<Instant>,
+    /// Whether it asked for its offline messages.
+    asked_offline: bool,
 }
 
 /// The routing state; run it with [`Dispatcher::run`] on its own thread.
@@ -228,6 +237,7 @@ impl Dispatcher {
                 self.presence.register(&username, now);
             }
             Envelope::Command { conn, command } => self.command(conn, command, now),
+            Envelope::OfflineStored { recipients } => self.offline_stored(&recipients),
             Envelope::Closed { conn, unsent, done } => {
                 self.closed(conn, unsent, now);
                 let _ = done.send(());
@@ -299,6 +309,7 @@ impl Dispatcher {
                 conn: request.conn,
                 pending: Some(pending),
                 last_peer_signature: None,
+                asked_offline: false,
             },
         );
         self.ready_deadlines
@@ -412,7 +423,32 @@ impl Dispatcher {
                     sender.outbox.set_user_list(list);
                 }
             }
+            SessionCommand::OfflineRequested => self.note_offline_request(conn, &sender_name),
             SessionCommand::Ready => {}
+        }
+    }
+
+    fn note_offline_request(&mut self, conn: ConnId, user: &str) {
+        if let Some(session) = self.sessions.get_mut(&fold(user)) {
+            if session.conn == conn {
+                session.asked_offline = true;
+            }
+        }
+    }
+
+    /// Announces newly stored offline messages to recipients who already
+    /// fetched their mailbox in this session.
+    fn offline_stored(&mut self, recipients: &[Arc<str>]) {
+        for recipient in recipients {
+            let Some(session) = self.sessions.get(&fold(recipient)) else {
+                continue;
+            };
+            if !session.asked_offline {
+                continue;
+            }
+            if let Some(connection) = self.connections.get(&session.conn) {
+                connection.outbox.note_offline_waiting();
+            }
         }
     }
 
@@ -882,6 +918,25 @@ mod tests {
                 to: Arc::from("bob"),
                 payload: json!({ "n": 3 })
             }]
+        );
+    }
+
+    #[test]
+    fn stored_offline_messages_are_announced_only_to_who_fetched_the_mailbox() {
+        let mut h = harness(&["ana", "bob", "cleo"]);
+        let bob = h.login(2, "bob", 8);
+        let cleo = h.login(3, "cleo", 8);
+        h.command(2, SessionCommand::OfflineRequested);
+        h.command(3, SessionCommand::Ready);
+        let stored = Envelope::OfflineStored {
+            recipients: vec![Arc::from("BOB"), Arc::from("cleo"), Arc::from("dan")],
+        };
+        h.dispatcher.handle(stored, h.now);
+        assert!(bob.outbox.take_offline_waiting(), "bob fetched: look again");
+        assert!(!bob.outbox.take_offline_waiting(), "once per announcement");
+        assert!(
+            !cleo.outbox.take_offline_waiting(),
+            "cleo's own request is still to come and will find them"
         );
     }
 }

@@ -32,5 +32,6 @@ pub mod rate;
 pub mod server;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod waker;
 pub mod web;

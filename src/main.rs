@@ -13,6 +13,7 @@ use chat_server::server::{open_store, ServerHandle};
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 fn main() -> ExitCode {
+    return_large_buffers_to_the_system();
     // Before any thread exists, so every thread inherits the blocked mask and
     // the signals wait for `sigwait` below instead of killing the process.
     let signals = match block_shutdown_signals() {
@@ -49,6 +50,22 @@ fn main() -> ExitCode {
             eprintln!("chat_server: {error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Makes glibc serve every allocation of 64 KiB or more with its own
+/// `mmap`, given back to the system when freed. By default the threshold
+/// rises to the largest block ever freed, so the big transient buffers of
+/// a user-list broadcast (one sealed copy per connection thread, hundreds
+/// of KiB each with thousands of users) stay in the per-thread arenas for
+/// good: measured with 1,000 held connections, 244 MiB RSS by default,
+/// 84 MiB with this (BENCHMARKS.md).
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator settings; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -64,7 +64,13 @@ pub enum CloseRequest {
 /// connection thread through an `Arc`).
 #[derive(Debug)]
 pub struct Outbox {
+    /// Unbounded crossbeam channel (its blocks are allocated as items
+    /// arrive and freed as they are read; a bounded one would allocate and
+    /// touch all `capacity` slots up front, for every connection), bounded
+    /// by `queued` < `capacity` here.
     queue: Sender<Outgoing>,
+    queued: AtomicUsize,
+    capacity: usize,
     /// A clone of the receiving end, so the dispatcher can take back what a
     /// replaced session never read.
     reclaim: Receiver<Outgoing>,
@@ -78,6 +84,9 @@ pub struct Outbox {
     /// stores them all each turn and reads nothing new while many wait.
     stores: Mutex<VecDeque<Outgoing>>,
     user_list: Mutex<Option<Arc<str>>>,
+    /// Messages were stored for this connection's user after it asked for
+    /// its mailbox: deliver the mailbox again.
+    offline_waiting: AtomicBool,
     close: AtomicU8,
     waker: Waker,
 }
@@ -86,13 +95,16 @@ impl Outbox {
     /// A mailbox holding at most `capacity` queued items, and the receiving
     /// end for the connection thread.
     pub fn new(capacity: usize) -> io::Result<(Arc<Outbox>, Receiver<Outgoing>)> {
-        let (queue, receiver) = crossbeam_channel::bounded(capacity);
+        let (queue, receiver) = crossbeam_channel::unbounded();
         let outbox = Outbox {
             queue,
+            queued: AtomicUsize::new(0),
+            capacity,
             reclaim: receiver.clone(),
             overflow: Mutex::new(Vec::new()),
             stores: Mutex::new(VecDeque::new()),
             user_list: Mutex::new(None),
+            offline_waiting: AtomicBool::new(false),
             close: AtomicU8::new(0),
             waker: Waker::new()?,
         };
@@ -100,9 +112,15 @@ impl Outbox {
     }
 
     /// Queues an item and wakes the connection; gives it back when full.
+    /// Only the dispatcher pushes, so the bound check cannot race another
+    /// push (reads only make room).
     pub fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        if self.queued.load(Ordering::SeqCst) >= self.capacity {
+            return Err(item);
+        }
         match self.queue.try_send(item) {
             Ok(()) => {
+                self.queued.fetch_add(1, Ordering::SeqCst);
                 self.waker.wake();
                 Ok(())
             }
@@ -133,6 +151,12 @@ impl Outbox {
         self.waker.wake();
     }
 
+    /// Tells the connection that its user's mailbox got new messages.
+    pub fn note_offline_waiting(&self) {
+        self.offline_waiting.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
     /// Asks the connection thread to close. The first request wins.
     pub fn request_close(&self, reason: CloseRequest) {
         let _ = self
@@ -144,6 +168,7 @@ impl Outbox {
     /// Takes back every queued item the connection thread has not read yet.
     pub fn reclaim(&self) -> Vec<Outgoing> {
         let mut items: Vec<Outgoing> = self.reclaim.try_iter().collect();
+        self.taken(items.len());
         items.append(&mut lock(&self.overflow));
         items
     }
@@ -160,6 +185,11 @@ impl Outbox {
         }
     }
 
+    /// Whether the mailbox got new messages since the last call.
+    pub fn take_offline_waiting(&self) -> bool {
+        self.offline_waiting.swap(false, Ordering::SeqCst)
+    }
+
     /// Takes the unsent user list.
     pub fn take_user_list(&self) -> Option<Arc<str>> {
         lock(&self.user_list).take()
@@ -172,12 +202,20 @@ impl Outbox {
             return Some(store);
         }
         match receiver.try_recv() {
-            Ok(item) => Some(item),
+            Ok(item) => {
+                self.taken(1);
+                Some(item)
+            }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
                 let mut overflow = lock(&self.overflow);
                 (!overflow.is_empty()).then(|| overflow.remove(0))
             }
         }
+    }
+
+    /// Counts `n` items read from the queue.
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// Takes the next waiting offline store only.
@@ -225,6 +263,12 @@ mod tests {
         outbox.push_final(message(3));
         let drained: Vec<_> = std::iter::from_fn(|| outbox.next(&receiver)).collect();
         assert_eq!(drained, vec![message(1), message(2), message(3)]);
+        // Reading made room again.
+        assert!(outbox.push(message(4)).is_ok());
+        assert!(outbox.push(message(5)).is_ok());
+        assert_eq!(outbox.push(message(6)), Err(message(6)));
+        assert_eq!(outbox.reclaim(), vec![message(4), message(5)]);
+        assert!(outbox.push(message(7)).is_ok());
     }
 
     #[test]

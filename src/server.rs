@@ -71,6 +71,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running server.
@@ -109,6 +111,17 @@ impl ServerHandle {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<ServerHandle, ServerError> {
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = crate::tls::server_config(&files.cert, &files.key)?;
+                info!(
+                    "TLS on (wss:// and https://), certificate {}",
+                    files.cert.display()
+                );
+                Some(tls)
+            }
+            None => None,
+        };
         let metrics = Metrics::new();
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let usernames = store.all_usernames()?;
@@ -155,6 +168,7 @@ impl ServerHandle {
             offline_claims: OfflineClaims::default(),
             http,
             metrics,
+            tls,
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chat_server::channel::{ClientChannel, Frame};
+use chat_server::client::connection::ClientStream;
 use chat_server::client::{Client, ClientConnection, ConnectOptions, RekeyPolicy};
 use chat_server::crypto::{b64_encode, random_bytes};
 use common::{user, Backend, TestServer, WAIT};
@@ -42,13 +43,13 @@ fn thread_count() -> usize {
         .expect("Threads: in /proc/self/status")
 }
 
-fn upgrade(url: &str) -> WebSocket<TcpStream> {
+fn upgrade(url: &str) -> WebSocket<ClientStream> {
     ClientConnection::connect_websocket(url, &ConnectOptions::default()).expect("WebSocket upgrade")
 }
 
 /// Reads until the server ends the connection (close frame, EOF or reset);
 /// panics when it is still open after [`END_WITHIN`].
-fn until_closed(ws: &mut WebSocket<TcpStream>, what: &str) {
+fn until_closed(ws: &mut WebSocket<ClientStream>, what: &str) {
     let deadline = Instant::now() + END_WITHIN;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -64,12 +65,12 @@ fn until_closed(ws: &mut WebSocket<TcpStream>, what: &str) {
 }
 
 /// A failed send means the server already closed: fine for an abuser.
-fn send(ws: &mut WebSocket<TcpStream>, message: Message) {
+fn send(ws: &mut WebSocket<ClientStream>, message: Message) {
     let _ = ws.send(message);
 }
 
 /// A real channel handshake over `ws`; `None` if the server closed first.
-fn handshake(ws: &mut WebSocket<TcpStream>) -> Option<ClientChannel> {
+fn handshake(ws: &mut WebSocket<ClientStream>) -> Option<ClientChannel> {
     let (handshake, start) = ClientChannel::start();
     ws.send(Message::Text(start)).ok()?;
     ws.get_ref().set_read_timeout(Some(END_WITHIN)).unwrap();

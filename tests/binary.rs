@@ -59,6 +59,12 @@ fn help_lists_the_settings() {
         "CHAT_TYPING_RATE_BURST",
         "CHAT_RATE_LIMIT_STRIKES",
         "CHAT_OFFLINE_QUOTA",
+        "CHAT_OFFLINE_MAX_AGE",
+        "CHAT_METRICS_PUBLIC",
+        "TLS_CERT",
+        "TLS_KEY",
+        "users",
+        "offline",
     ] {
         assert!(help.contains(setting), "--help lacks {setting}");
     }

@@ -7,12 +7,12 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use aes::cipher::block_padding::{NoPadding, Pkcs7};
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use chat_server::channel::Frame;
+use chat_server::client::connection::ClientStream;
 use chat_server::client::{ClientConnection, ConnectOptions};
 use chat_server::crypto::{b64_decode, b64_encode, random_bytes, KeyPair, SymmetricKeys};
 use common::{assert_server_works, register, user, Backend, TestServer, WAIT};
@@ -34,14 +34,14 @@ fn order_8_point() -> Vec<u8> {
         .collect()
 }
 
-fn upgrade(server: &TestServer) -> WebSocket<TcpStream> {
+fn upgrade(server: &TestServer) -> WebSocket<ClientStream> {
     ClientConnection::connect_websocket(&server.url, &ConnectOptions::default())
         .expect("WebSocket upgrade")
 }
 
 /// Reads until the server closes; returns its close code, or an error text
 /// when the socket ended without a close frame (or stayed open).
-fn close_code(ws: &mut WebSocket<TcpStream>) -> Result<u16, String> {
+fn close_code(ws: &mut WebSocket<ClientStream>) -> Result<u16, String> {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -73,7 +73,7 @@ fn handshake_start(public_key: &[u8], salt: &[u8]) -> String {
 
 /// One connection whose channel the test runs itself.
 struct Manual {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<ClientStream>,
     keys: SymmetricKeys,
     aes_key: [u8; 32],
     mac_key: [u8; 32],
@@ -85,7 +85,7 @@ impl Manual {
         Manual::handshake(upgrade(server))
     }
 
-    fn handshake(mut ws: WebSocket<TcpStream>) -> Manual {
+    fn handshake(mut ws: WebSocket<ClientStream>) -> Manual {
         let pair = KeyPair::generate();
         let salt = random_bytes::<32>();
         ws.send(Message::Text(handshake_start(&pair.public_bytes(), &salt)))

@@ -93,6 +93,9 @@ pub struct HoldArgs {
     /// Draw the users logged in over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Do not read the held clients' sockets (lists pile up in the server).
+    #[arg(long = "no-drain", action = clap::ArgAction::SetFalse)]
+    pub drain: bool,
 }
 
 /// `offline`.

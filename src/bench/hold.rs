@@ -1,7 +1,12 @@
 //! `hold --users N`: registers N fresh users, then challenge-logs them all in
 //! with a pool of login threads and keeps the connections open (the
-//! `Client`s stay alive in a `Vec`; they do not read). A few observer
-//! clients, logged in first, read presence and time when they see everyone.
+//! `Client`s stay alive in a `Vec`). Like real apps they take what the
+//! server sends (user lists): one drain thread reads their sockets raw and
+//! throws the bytes away (no decoding: the bench's two cores could not open
+//! every list), so the server's memory is not inflated by lists piling up
+//! for clients that never read (`--no-drain` measures that worst case). A
+//! few observer clients, logged in first, read presence and time when they
+//! see everyone.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +55,9 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
     let converged = AtomicUsize::new(0);
     let observed = Mutex::new(Vec::new());
     let clients: Mutex<Vec<Client>> = Mutex::new(Vec::with_capacity(n));
+    // Sockets of held clients the drain thread reads (closed only after it
+    // stopped: the clients outlive the scope).
+    let drained: Mutex<Vec<i32>> = Mutex::new(Vec::with_capacity(n));
     let latencies = Mutex::new(Vec::with_capacity(n));
     // When each login completed, seconds after `start`.
     let done_at = Mutex::new(Vec::with_capacity(n));
@@ -99,6 +107,7 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                 obs.close();
             });
         }
+        s.spawn(|| drain_sockets(&drained, &stop));
         let progress = Progress::new("hold: login", n);
         std::thread::scope(|p| {
             for _ in 0..args.threads.max(1) {
@@ -114,12 +123,15 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                         c.open_home()?;
                         Ok(c)
                     }) {
-                        Ok(c) => {
+                        Ok(mut c) => {
                             latencies
                                 .lock()
                                 .unwrap()
                                 .push(t.elapsed().as_nanos() as u64);
                             done_at.lock().unwrap().push(start.elapsed().as_secs_f64());
+                            if args.drain {
+                                drained.lock().unwrap().push(raw_fd(&mut c));
+                            }
                             clients.lock().unwrap().push(c);
                         }
                         Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
@@ -207,4 +219,60 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
     // Dropping the clients closes their sockets (no close handshake: fast).
     drop(clients);
     Ok(out)
+}
+
+/// The raw descriptor of a client's socket.
+fn raw_fd(client: &mut Client) -> i32 {
+    use std::os::fd::AsRawFd;
+    client.connection().websocket_mut().get_ref().as_raw_fd()
+}
+
+/// Reads and discards whatever arrives on the sockets in `fds` until `stop`.
+fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool) {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut polled: Vec<libc::pollfd> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        {
+            let fds = fds.lock().unwrap();
+            polled.truncate(fds.len().min(polled.len()));
+            for &fd in &fds[polled.len()..] {
+                polled.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        if polled.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        // SAFETY: `polled` is a live array of initialised pollfd structs.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 50) };
+        if ready <= 0 {
+            continue;
+        }
+        for p in polled.iter_mut().filter(|p| p.revents != 0) {
+            p.revents = 0;
+            // Non-blocking reads until the socket is empty; an error or
+            // end of stream just leaves this client alone.
+            loop {
+                // SAFETY: reads into our own buffer of the given length.
+                let got = unsafe {
+                    libc::recv(
+                        p.fd,
+                        buffer.as_mut_ptr().cast(),
+                        buffer.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if got <= 0 {
+                    if got == 0 {
+                        p.fd = -p.fd - 1; // poll ignores negative descriptors
+                    }
+                    break;
+                }
+            }
+        }
+    }
 }

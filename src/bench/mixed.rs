@@ -6,8 +6,9 @@
 //! message for a user who is away waits in the offline store and arrives
 //! at the next login (the client opens its home screen, which asks for it).
 //!
-//! Reported: delivery latency percentiles, login latency, typing notices
-//! seen, and everything that went wrong: `ERROR` frames, failed logins,
+//! Reported: delivery latency percentiles (messages to a logged-in
+//! recipient apart from those that waited for their recipient's login),
+//! login latency, typing notices seen, and everything that went wrong: `ERROR` frames, failed logins,
 //! broken connections, duplicates, and messages never delivered. A message
 //! lost with a socket that vanished (sent within a second of its sender's
 //! or recipient's drop: unread bytes die with the connection) is counted
@@ -67,7 +68,13 @@ struct UserLog {
     sent: Vec<Sent>,
     /// (sender, seq) of every message received.
     received: HashSet<(usize, u64)>,
+    /// Latencies of messages sent while this session was logged in.
     latencies_ns: Vec<u64>,
+    /// Latencies of messages sent before it logged in (they waited in the
+    /// offline store, or in the hand-over of a dropped session).
+    stored_latencies_ns: Vec<u64>,
+    /// When the current session started, in ns since the epoch.
+    session_start_ns: u64,
     login_ns: Vec<u64>,
     /// When each login completed.
     logged_in: Vec<Instant>,
@@ -239,6 +246,7 @@ fn connect(plan: &Plan<'_>, me: usize, log: &mut UserLog) -> Option<Client> {
     match result {
         Ok(client) => {
             log.login_ns.push(start.elapsed().as_nanos() as u64);
+            log.session_start_ns = plan.epoch.elapsed().as_nanos() as u64;
             log.logged_in.push(Instant::now());
             Some(client)
         }
@@ -304,7 +312,12 @@ fn on_message(plan: &Plan<'_>, cmd: &serde_json::Map<String, Value>, log: &mut U
         return;
     };
     if log.received.insert((from, seq)) {
-        log.latencies_ns.push(now.saturating_sub(ts));
+        let latency = now.saturating_sub(ts);
+        if ts < log.session_start_ns {
+            log.stored_latencies_ns.push(latency);
+        } else {
+            log.latencies_ns.push(latency);
+        }
         plan.delivered.fetch_add(1, Ordering::Relaxed);
     } else {
         log.duplicates += 1;
@@ -363,13 +376,23 @@ fn report(
     let errors: Vec<&String> = logs.iter().flat_map(|l| &l.errors).collect();
     let mut lat: Vec<u64> = logs.iter().flat_map(|l| l.latencies_ns.clone()).collect();
     let p = Percentiles::of(&mut lat);
+    let mut stored: Vec<u64> = logs
+        .iter()
+        .flat_map(|l| l.stored_latencies_ns.clone())
+        .collect();
+    let stored_p = Percentiles::of(&mut stored);
     let mut login_lat: Vec<u64> = logs.iter().flat_map(|l| l.login_ns.clone()).collect();
     let login_p = Percentiles::of(&mut login_lat);
     println!(
         "mixed: {n} users over a {:.0} s ramp + {:.0} s at {} msgs/s each: {sent} sent, {delivered} delivered, {typing} typing notices seen",
         args.ramp_secs, args.secs, args.rate
     );
-    println!("  delivery latency {}", p.human());
+    println!("  delivery latency, recipient online: {}", p.human());
+    println!(
+        "  {} messages sent before their recipient logged in (offline store): {}",
+        stored_p.count,
+        stored_p.human()
+    );
     println!(
         "  logins {logins} ({drops} after a drop), login latency {}",
         login_p.human()
@@ -393,6 +416,8 @@ fn report(
         "sent": sent,
         "delivered": delivered,
         "latency": p.json(),
+        "from_offline_store": stored_p.count,
+        "from_offline_store_latency": stored_p.json(),
         "logins": logins,
         "drops": drops,
         "login_latency": login_p.json(),

@@ -74,7 +74,8 @@ pub fn latency_histogram(path: &Path, title: &str, latencies_ns: &[u64]) -> Resu
         .map_err(draw_error)?;
     chart
         .configure_mesh()
-        .x_desc("delivery latency, µs (log scale)")
+        .x_desc("delivery latency (log scale)")
+        .x_label_formatter(&|us| latency_label(*us))
         .y_desc("messages")
         .draw()
         .map_err(draw_error)?;
@@ -147,6 +148,23 @@ pub fn logins_over_time(path: &Path, title: &str, done_secs: &[f64]) -> Result<(
     root.present().map_err(draw_error)
 }
 
+/// `250 µs`, `12 ms`, `1.5 s`.
+fn latency_label(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.0} µs")
+    } else if us < 1_000_000.0 {
+        format!("{} ms", trim(us / 1_000.0))
+    } else {
+        format!("{} s", trim(us / 1_000_000.0))
+    }
+}
+
+/// One decimal at most, none when it is zero.
+fn trim(x: f64) -> String {
+    let text = format!("{x:.1}");
+    text.strip_suffix(".0").map(str::to_owned).unwrap_or(text)
+}
+
 fn draw_error(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("--plot: drawing failed: {error}")
 }
@@ -165,6 +183,14 @@ mod tests {
         assert!(buckets.windows(2).all(|w| (w[0].1 - w[1].0).abs() < 1e-6));
         // One distinct value still makes a drawable range.
         assert_eq!(log_buckets(&[5.0, 5.0]).iter().map(|b| b.2).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn latency_labels_read_like_a_person_writes_them() {
+        assert_eq!(latency_label(250.0), "250 µs");
+        assert_eq!(latency_label(12_000.0), "12 ms");
+        assert_eq!(latency_label(1_500.0), "1.5 ms");
+        assert_eq!(latency_label(2_000_000.0), "2 s");
     }
 
     #[test]

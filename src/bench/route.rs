@@ -218,14 +218,6 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     let mut lat: Vec<u64> = results.into_iter().flat_map(|r| r.latencies_ns).collect();
     let p = Percentiles::of(&mut lat);
     let rate = delivered as f64 / secs;
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "route: {k} pairs, window {}, {} B: {delivered} messages, {rate:.0} msgs/s",
-            args.window, args.size
-        );
-        plot::latency_histogram(path, &title, &lat)?;
-        println!("  latency histogram drawn to {}", path.display());
-    }
     println!(
         "route: {k} pairs x {} msgs, {} B, window {}, {}: {delivered} delivered in {secs:.2} s = {rate:.0} msgs/s",
         args.msgs,
@@ -235,6 +227,14 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     );
     println!("  latency {}", p.human());
     println!("  lost {lost}, duplicated {duplicates}, reordered {reordered}; receiver renewals {renewals}; bench CPU {own_cpu:.2} s");
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "route: {k} pairs, window {}, {} B: {delivered} messages, {rate:.0} msgs/s",
+            args.window, args.size
+        );
+        plot::latency_histogram(path, &title, &lat)?;
+        println!("  latency histogram drawn to {}", path.display());
+    }
     let mut out = json!({
         "scenario": "route",
         "pairs": k,

@@ -27,6 +27,9 @@ pub struct Cli {
         default_value = "ws://127.0.0.1:12345"
     )]
     pub url: String,
+    /// PEM certificate(s) to trust for a wss:// server (e.g. its self-signed certificate).
+    #[arg(long, global = true, env = "CHAT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Where identity and session keys are kept.
     #[arg(long, global = true, env = "CHAT_CLIENT_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,

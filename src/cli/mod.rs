@@ -63,6 +63,11 @@ fn prompt_or(stdin: bool) -> PasswordSource {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> CliResult<()> {
+    if let Some(ca_file) = &cli.ca_file {
+        // Every connection of this process (reconnects included) reads the
+        // trust anchors for wss:// from here; set before any thread starts.
+        std::env::set_var(crate::client::connection::CA_FILE_ENV, ca_file);
+    }
     let config = files::config_dir(cli.config_dir)?;
     let files = Files::open(&config, &cli.url)?;
     let url = cli.url.as_str();

@@ -2,10 +2,17 @@
 //! WebSocket upgrade, the secure-channel handshake, then sealed commands in
 //! both directions. Channel renewals are answered transparently; the close
 //! code and reason sent by the server are kept for tests to assert on.
+//!
+//! `wss://` URLs speak TLS (rustls) under the WebSocket; the server's
+//! certificate must chain to [`ConnectOptions::tls`], or else to the CA file
+//! named by the environment variable [`CA_FILE_ENV`] (for a self-signed
+//! server certificate, that certificate itself).
 
 use std::collections::VecDeque;
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -27,13 +34,93 @@ pub struct ConnectOptions {
     /// How to answer the server's renewal requests. Default: immediate
     /// (`"immediate": true` in `RENEGOTIATE_INIT`, PROTOCOL.md 2.1.6).
     pub renewal: ClientRenewalMode,
+    /// Trust anchors for `wss://`; `None`: the CA file in [`CA_FILE_ENV`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
+
+/// Environment variable naming a PEM file of certificates to trust for
+/// `wss://` when [`ConnectOptions::tls`] is not set.
+pub const CA_FILE_ENV: &str = "CHAT_CA_FILE";
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             timeout: Duration::from_secs(10),
             renewal: ClientRenewalMode::Immediate,
+            tls: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The TLS settings for a `wss://` connection.
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = &self.tls {
+            return Ok(config.clone());
+        }
+        let path = std::env::var_os(CA_FILE_ENV).ok_or_else(|| {
+            ClientError::Url(format!(
+                "wss:// needs the server's CA certificate: set {CA_FILE_ENV} (chat_client: --ca-file)"
+            ))
+        })?;
+        crate::tls::client_config(std::path::Path::new(&path))
+            .map_err(|e| ClientError::Url(e.to_string()))
+    }
+}
+
+/// The byte stream under the WebSocket: plain TCP or TLS over TCP. It
+/// dereferences to the TCP stream (timeouts, shutdown, descriptor).
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Deref for ClientStream {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref(),
+        }
+    }
+}
+
+impl DerefMut for ClientStream {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_mut(),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for ClientStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.deref().as_fd()
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(tcp) => tcp.read(buf),
+            ClientStream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(tcp) => tcp.write(buf),
+            ClientStream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(tcp) => tcp.flush(),
+            ClientStream::Tls(tls) => tls.flush(),
         }
     }
 }
@@ -47,21 +134,26 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
-/// `ws://host[:port][/path]` split up.
+/// `ws://host[:port][/path]` (or `wss://`) split up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// `wss://`: TLS under the WebSocket.
+    pub tls: bool,
 }
 
 impl WsUrl {
-    /// Parses `ws://host[:port][/path]` (host may be `[v6]`; port 80 by default).
+    /// Parses `ws://host[:port][/path]` or `wss://...` (host may be `[v6]`;
+    /// port 80, or 443 for `wss://`, by default).
     pub fn parse(url: &str) -> Result<WsUrl> {
         let bad = |why: &str| ClientError::Url(format!("{url}: {why}"));
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| bad("only ws:// is supported"))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(bad("only ws:// and wss:// are supported")),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -85,20 +177,23 @@ impl WsUrl {
         }
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+            None if tls => 443,
             None => 80,
         };
         Ok(WsUrl {
             host: host.to_string(),
             port,
             path,
+            tls,
         })
     }
 
     fn request_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
         if self.host.contains(':') {
-            format!("ws://[{}]:{}{}", self.host, self.port, self.path)
+            format!("{scheme}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            format!("ws://{}:{}{}", self.host, self.port, self.path)
+            format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
@@ -117,7 +212,7 @@ fn ws_error(e: tungstenite::Error) -> ClientError {
 
 /// A connected, handshaken client connection.
 pub struct ClientConnection {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<ClientStream>,
     channel: ClientChannel,
     closed: Option<CloseInfo>,
     write_timeout: Duration,
@@ -164,7 +259,10 @@ impl ClientConnection {
 
     /// TCP connect and WebSocket upgrade only, no channel handshake (for tests
     /// of what the server does with a bad first frame).
-    pub fn connect_websocket(url: &str, options: &ConnectOptions) -> Result<WebSocket<TcpStream>> {
+    pub fn connect_websocket(
+        url: &str,
+        options: &ConnectOptions,
+    ) -> Result<WebSocket<ClientStream>> {
         let parsed = WsUrl::parse(url)?;
         let addrs: Vec<_> = (parsed.host.as_str(), parsed.port)
             .to_socket_addrs()?
@@ -189,6 +287,15 @@ impl ClientConnection {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(options.timeout))?;
         stream.set_write_timeout(Some(options.timeout))?;
+        let stream = if parsed.tls {
+            let name = rustls_pki_types::ServerName::try_from(parsed.host.clone())
+                .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+            let tls = rustls::ClientConnection::new(options.tls_config()?, name)
+                .map_err(|e| ClientError::WebSocket(format!("TLS: {e}")))?;
+            ClientStream::Tls(Box::new(rustls::StreamOwned::new(tls, stream)))
+        } else {
+            ClientStream::Plain(stream)
+        };
         match tungstenite::client(parsed.request_url().as_str(), stream) {
             Ok((ws, _response)) => Ok(ws),
             Err(HandshakeError::Interrupted(_)) => Err(ClientError::Timeout),
@@ -382,12 +489,12 @@ impl ClientConnection {
     }
 
     /// The WebSocket, for raw tests.
-    pub fn websocket_mut(&mut self) -> &mut WebSocket<TcpStream> {
+    pub fn websocket_mut(&mut self) -> &mut WebSocket<ClientStream> {
         &mut self.ws
     }
 }
 
-fn set_read_deadline(ws: &WebSocket<TcpStream>, deadline: Instant) -> Result<()> {
+fn set_read_deadline(ws: &WebSocket<ClientStream>, deadline: Instant) -> Result<()> {
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
@@ -469,8 +576,12 @@ mod tests {
         assert_eq!(u.request_url(), "ws://[::1]:9000/p");
         let u = WsUrl::parse("ws://h:1?q").unwrap();
         assert_eq!(u.path, "/?q");
+        let u = WsUrl::parse("wss://chat.local/x").unwrap();
+        assert_eq!((u.port, u.tls), (443, true));
+        assert_eq!(u.request_url(), "wss://chat.local:443/x");
+        assert!(!WsUrl::parse("ws://h:1").unwrap().tls);
         for bad in [
-            "wss://h:1",
+            "wss://",
             "http://h",
             "ws://",
             "ws://h:99999",

@@ -7,12 +7,14 @@
 //! client; it becomes non-blocking in the session loop, which also waits for
 //! the dispatcher's wake-ups.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
@@ -25,8 +27,16 @@ use crate::waker::Waker;
 use super::socket::Socket;
 
 /// Bytes buffered before tungstenite writes to the socket by itself; the
-/// session loop flushes after each batch anyway.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// session loop flushes after each batch anyway. Small, because
+/// tungstenite's buffer keeps its largest size for the connection's life.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Frames larger than this are sent as a fragmented message (RFC 6455
+/// section 5.4) of pieces this large, fed to tungstenite only while the
+/// socket takes them. Without it, each connection's write buffer would keep
+/// the size of the largest frame it ever sent: a user list of every
+/// registered user (~70 B each, sealed) for every connection.
+const FRAGMENT_BYTES: usize = 16 * 1024;
 
 /// How long a best-effort close may block.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
@@ -116,6 +126,9 @@ pub struct Link {
     pub peer: SocketAddr,
     /// When the client last sent any frame (pongs included).
     last_heard: Instant,
+    /// Frames not yet given to tungstenite: the rest of a fragmented
+    /// message, and whatever was sent after it (in order).
+    unfed: VecDeque<Frame>,
     /// Frame and renewal counters, from [`Link::counted`] on.
     counters: Option<LinkCounters>,
 }
@@ -168,6 +181,7 @@ impl Link {
                 ws,
                 channel,
                 peer,
+                unfed: VecDeque::new(),
                 last_heard: Instant::now(),
                 counters: None,
             }),
@@ -251,7 +265,15 @@ impl Link {
 
     fn write(&mut self, frame: String) -> Result<bool, LinkError> {
         self.count_frame_out();
-        match self.ws.write(Message::Text(frame)) {
+        if frame.len() <= FRAGMENT_BYTES && self.unfed.is_empty() {
+            return self.write_message(Message::Text(frame));
+        }
+        self.unfed.extend(fragments(frame.into_bytes()));
+        self.feed()
+    }
+
+    fn write_message(&mut self, message: Message) -> Result<bool, LinkError> {
+        match self.ws.write(message) {
             Ok(()) => Ok(true),
             Err(error) => match LinkError::from(error) {
                 LinkError::WouldBlock => Ok(false),
@@ -260,22 +282,41 @@ impl Link {
         }
     }
 
+    /// Gives waiting frames to tungstenite until the socket is full.
+    fn feed(&mut self) -> Result<bool, LinkError> {
+        while let Some(frame) = self.unfed.pop_front() {
+            // On `WouldBlock` tungstenite has buffered the frame already.
+            if !self.write_message(Message::Frame(frame))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes everything buffered. `Ok(false)` when the socket is full.
     pub fn flush(&mut self) -> Result<bool, LinkError> {
-        match self.ws.flush() {
-            Ok(()) => Ok(true),
-            Err(error) => match LinkError::from(error) {
-                LinkError::WouldBlock => Ok(false),
-                other => Err(other),
-            },
+        loop {
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(error) => match LinkError::from(error) {
+                    LinkError::WouldBlock => return Ok(false),
+                    other => return Err(other),
+                },
+            }
+            if self.unfed.is_empty() {
+                return Ok(true);
+            }
+            self.feed()?;
         }
     }
 
     /// Sends one command and waits until it is written (blocking phase).
     pub fn send_now(&mut self, plaintext: &str) -> Result<(), LinkError> {
         self.send(plaintext)?;
-        self.ws.flush()?;
-        Ok(())
+        match self.flush()? {
+            true => Ok(()),
+            false => Err(LinkError::WouldBlock),
+        }
     }
 
     /// Sends a sealed control frame and waits until it is written.
@@ -328,6 +369,12 @@ impl Link {
             .stream
             .set_nonblocking(true)
             .map_err(LinkError::Io)
+    }
+
+    /// Whether input was read from the socket but not handed out yet
+    /// (plaintext TLS decrypted ahead): `poll` would not report it.
+    pub fn has_buffered_input(&mut self) -> bool {
+        self.ws.get_mut().has_buffered_input()
     }
 
     /// Whether the client is already gone (reset or closed its side): used
@@ -394,8 +441,29 @@ impl Link {
     /// Sends a close frame (best effort, bounded in time) and shuts the
     /// socket down.
     pub fn close(mut self, code: Option<u16>, reason: &str) {
+        // Best effort: what the socket takes now of a fragmented message.
+        let _ = self.flush();
         close_websocket(&mut self.ws, code, reason);
     }
+}
+
+/// `text` as a fragmented text message: pieces of [`FRAGMENT_BYTES`], the
+/// first a text frame, the others continuations, the last one final.
+fn fragments(text: Vec<u8>) -> Vec<Frame> {
+    let count = text.len().div_ceil(FRAGMENT_BYTES).max(1);
+    let mut pieces = Vec::with_capacity(count);
+    for (i, piece) in text.chunks(FRAGMENT_BYTES).enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        pieces.push(Frame::message(piece.to_vec(), opcode, i + 1 == count));
+    }
+    if pieces.is_empty() {
+        pieces.push(Frame::message(Vec::new(), OpCode::Data(Data::Text), true));
+    }
+    pieces
 }
 
 /// Reads `HANDSHAKE_START` (the socket's deadline bounds it) and answers it.
@@ -480,5 +548,37 @@ fn read_first_text(ws: &mut WebSocket<Socket>) -> Result<String, LinkError> {
                 other => return Err(other),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_frame_becomes_pieces_that_join_back() {
+        let text: Vec<u8> = (0..FRAGMENT_BYTES * 2 + 5)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let pieces = fragments(text.clone());
+        let shape: Vec<(OpCode, bool, usize)> = pieces
+            .iter()
+            .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (OpCode::Data(Data::Text), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), true, 5),
+            ]
+        );
+        let joined: Vec<u8> = pieces.into_iter().flat_map(Frame::into_data).collect();
+        assert_eq!(joined, text);
+        // A small frame queued behind a fragmented one is one final piece.
+        let one = fragments(b"{}".to_vec());
+        assert_eq!(one.len(), 1);
+        assert!(one[0].header().is_final);
+        assert_eq!(fragments(Vec::new()).len(), 1);
     }
 }

@@ -66,6 +66,8 @@ pub struct Services {
     pub http: Router,
     /// Counters and gauges of this server.
     pub metrics: Metrics,
+    /// TLS settings when the port speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves one client until it is gone. Never panics on client input; every
@@ -78,6 +80,15 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, services: &Servi
     }
     let deadline = Instant::now() + config.handshake_timeout;
     let mut socket = Socket::new(stream, Some(deadline));
+    if let Some(tls) = &services.tls {
+        match rustls::ServerConnection::new(tls.clone()) {
+            Ok(connection) => socket = socket.with_tls(connection),
+            Err(error) => {
+                info!("{peer}: no TLS session: {error}");
+                return;
+            }
+        }
+    }
     let head = match http::read_head(&mut socket) {
         Ok(head) => head,
         Err(error) => {

@@ -83,8 +83,14 @@ pub struct OfflineDelivery {
 impl OfflineDelivery {
     /// Starts delivering `user`'s mailbox, unless already delivering.
     /// Returns false if the mailbox stays claimed by another session.
+    /// Starting again while delivering makes the next fetch look at the
+    /// whole mailbox once more: a message committed late (after one with a
+    /// higher id was fetched) is not skipped.
     pub fn start(&mut self, user: &str, claims: &OfflineClaims) -> bool {
         if self.active {
+            // Delivered rows are deleted before the next fetch, so
+            // fetching from the start again sends nothing twice.
+            self.after_id = 0;
             return true;
         }
         if !claims.claim(user, CLAIM_WAIT) {
@@ -203,5 +209,50 @@ mod tests {
         assert_eq!(frame["type"], "E2E_MSG");
         assert_eq!(frame["from"], "ana");
         assert_eq!(frame["payload"]["ct"], "b");
+    }
+
+    /// MySQL hands out ids at INSERT and makes rows visible at COMMIT, so
+    /// a row with a lower id can appear after the delivery fetched past it
+    /// (two senders). Starting again (the announcement of that commit)
+    /// delivers it, and nothing twice.
+    #[test]
+    fn a_late_commit_below_the_cursor_is_delivered_when_announced() {
+        let path = std::env::temp_dir().join(format!(
+            "chat-offline-late-{}-{:?}.db",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let store = crate::store::SqliteStore::open(&path).unwrap();
+        let claims = OfflineClaims::default();
+        let mut delivery = OfflineDelivery::default();
+        store.store_offline("ana", "bob", r#"{"n":1}"#).unwrap();
+        let fetched = store.store_offline("ana", "bob", r#"{"n":2}"#).unwrap();
+        assert!(delivery.start("bob", &claims));
+        let mut delivered = Vec::new();
+        while delivered.len() < 2 {
+            let frame = delivery.next_frame("bob", &store, &claims).unwrap();
+            delivered.push(frame.id);
+            delivery.flushed("bob", &store);
+        }
+        // The late row: committed now, with an id below the cursor.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute(
+            "INSERT INTO mensagens_offline (id, remetente_username, \
+             destinatario_username, recipient_key, conteudo) \
+             VALUES (?1, 'cleo', 'bob', 'bob', '{\"n\":0}')",
+            [fetched - 1],
+        )
+        .unwrap();
+        assert!(delivery.start("bob", &claims), "the announcement");
+        let late = delivery.next_frame("bob", &store, &claims).unwrap();
+        assert_eq!(late.id, fetched - 1);
+        assert!(late.text.contains("cleo"));
+        delivery.flushed("bob", &store);
+        assert!(delivery.next_frame("bob", &store, &claims).is_none());
+        assert!(!delivery.is_active(), "the mailbox is empty: done");
+        assert_eq!(store.count_offline("bob").unwrap(), 0);
+        drop((raw, store));
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -84,6 +84,18 @@ impl OfflineBatch {
         }
     }
 
+    /// The distinct recipients of the messages in the batch.
+    pub fn recipients(&self) -> Vec<Arc<str>> {
+        let mut recipients: Vec<Arc<str>> = Vec::new();
+        for pending in &self.pending {
+            let key = fold(&pending.recipient);
+            if !recipients.iter().any(|r| fold(r) == key) {
+                recipients.push(pending.recipient.clone());
+            }
+        }
+        recipients
+    }
+
     fn waiting_for(&self, recipient: &str) -> u64 {
         let key = fold(recipient);
         self.pending

@@ -143,6 +143,9 @@ impl Session<'_> {
             if self.rate_close {
                 return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
             }
+            // With TLS, a write may have read input into rustls, where poll
+            // cannot see it: never sleep while decrypted input waits.
+            let more_to_read = more_to_read || self.link.has_buffered_input();
             let timeout = if more_to_read || more_to_write {
                 Some(Duration::ZERO)
             } else {
@@ -256,8 +259,9 @@ impl Session<'_> {
             ChatCommand::Typing { to, is_typing } => SessionCommand::Typing { to, is_typing },
             ChatCommand::RequestUserList => SessionCommand::RequestUserList,
             ChatCommand::RequestOfflineMessages => {
-                self.dispatch(SessionCommand::Ready)?;
-                return self.start_offline_delivery();
+                self.dispatch(SessionCommand::OfflineRequested)?;
+                self.start_offline_delivery();
+                return Ok(());
             }
             ChatCommand::GetPublicKey { target_username } => {
                 self.dispatch(SessionCommand::Ready)?;
@@ -297,7 +301,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn start_offline_delivery(&mut self) -> Result<(), LinkError> {
+    fn start_offline_delivery(&mut self) {
         if !self
             .offline
             .start(&self.user, &self.services.offline_claims)
@@ -307,7 +311,6 @@ impl Session<'_> {
                 self.link.peer, self.user
             );
         }
-        Ok(())
     }
 
     /// Moves outbox items into the staging queue (handling offline-store
@@ -408,6 +411,9 @@ impl Session<'_> {
     /// (see [`OfflineBatch`]) before this returns, so whatever was queued
     /// after them is written only once they are stored.
     fn stage_from_outbox(&mut self) {
+        if self.outbox.take_offline_waiting() {
+            self.start_offline_delivery();
+        }
         let mut batch = OfflineBatch::default();
         while self.staged.len() < STAGE_LIMIT {
             let Some(item) = self.outbox.next(&self.receiver) else {
@@ -447,10 +453,18 @@ impl Session<'_> {
     /// never silent.
     fn commit_offline(&mut self, batch: &mut OfflineBatch) {
         let services = self.services;
+        let recipients = batch.recipients();
         let notices = batch.commit(&self.user, services.store.as_ref(), &services.mailboxes);
         for notice in notices {
             self.staged
                 .push_back(Staged::Reply(protocol::error(notice)));
+        }
+        if !recipients.is_empty() {
+            // A recipient may have logged in and fetched its mailbox while
+            // these were being stored: the dispatcher tells it to look again.
+            let _ = services
+                .dispatcher
+                .send(Envelope::OfflineStored { recipients });
         }
     }
 
