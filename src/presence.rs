@@ -150,14 +150,23 @@ impl Presence {
     }
 
     /// The coalescing window: the base window, stretched so that one
-    /// broadcast per window (list size x online users) stays within budget.
+    /// broadcast per window (sealed list size x online users) stays within
+    /// budget.
     fn window(&self) -> Duration {
         let list_bytes = 45 * self.directory.len() as u64 + 48;
-        let broadcast_bytes = list_bytes.saturating_mul(self.online as u64);
+        let broadcast_bytes = sealed_frame_bytes(list_bytes).saturating_mul(self.online as u64);
         let budget_window =
             Duration::from_secs_f64(broadcast_bytes as f64 / self.budget_bytes_per_sec as f64);
         budget_window.clamp(self.base_window, MAX_WINDOW.max(self.base_window))
     }
+}
+
+/// What a list of `plain_bytes` weighs on the wire, sealed in the channel:
+/// the AES-CBC ciphertext (padded to the next block) in base64, plus the
+/// frame's IV, HMAC, JSON keys and WebSocket header.
+fn sealed_frame_bytes(plain_bytes: u64) -> u64 {
+    let ciphertext = (plain_bytes / 16 + 1) * 16;
+    ciphertext.div_ceil(3) * 4 + 160
 }
 
 #[cfg(test)]
@@ -221,6 +230,23 @@ mod tests {
         presence.register("Zed", Instant::now());
         assert!(!Arc::ptr_eq(&first, &presence.snapshot()));
         assert_eq!(&**presence.registered("zed").unwrap(), "Zed");
+    }
+
+    #[test]
+    fn the_budget_counts_sealed_bytes() {
+        // 45,048 plain bytes: 45,056 of ciphertext, 60,076 in base64.
+        assert_eq!(sealed_frame_bytes(45_048), 60_076 + 160);
+        assert_eq!(sealed_frame_bytes(0), 24 + 160);
+        let names: Vec<String> = (0..1000).map(|n| format!("user{n}")).collect();
+        let mut presence = Presence::new(names.clone(), Duration::from_millis(1), 100_000_000);
+        let now = Instant::now();
+        for name in &names {
+            presence.set_online(name, true, now);
+        }
+        // 1,000 online x ~60 KB sealed at 100 MB/s: 0.6 s between broadcasts.
+        let window = presence.window();
+        assert!(window > Duration::from_millis(590), "{window:?}");
+        assert!(window < Duration::from_millis(610), "{window:?}");
     }
 
     #[test]

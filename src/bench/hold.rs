@@ -9,7 +9,7 @@
 //! see everyone.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
     let start = Instant::now();
     let mut last_login = start;
     let converge_timeout = Duration::from_secs(args.converge_timeout);
+    // What the drain thread read from the held clients' sockets, in bytes.
+    let drained_bytes = AtomicU64::new(0);
     std::thread::scope(|s| {
         for mut obs in observers.drain(..) {
             let (stop, observed, targets, converged) = (&stop, &observed, &targets, &converged);
@@ -107,7 +109,7 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                 obs.close();
             });
         }
-        s.spawn(|| drain_sockets(&drained, &stop));
+        s.spawn(|| drain_sockets(&drained, &stop, &drained_bytes));
         let progress = Progress::new("hold: login", n);
         std::thread::scope(|p| {
             for _ in 0..args.threads.max(1) {
@@ -201,7 +203,14 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         "list_frames_per_observer": frames / observed.len().max(1) as u64,
         "list_bytes_per_observer": per_obs_bytes,
         "list_bytes_all_clients_estimate": per_obs_bytes * (n + args.observers) as u64,
+        "bytes_read_by_held_clients": drained_bytes.load(Ordering::Relaxed),
     });
+    if args.drain {
+        println!(
+            "  held clients read {} bytes in all after their login (raw WebSocket bytes, user lists nearly all of it)",
+            drained_bytes.load(Ordering::Relaxed)
+        );
+    }
     if let Some(sv) = server {
         println!(
             "  server once connected: RSS {} MiB, {} threads",
@@ -227,8 +236,9 @@ fn raw_fd(client: &mut Client) -> i32 {
     client.connection().websocket_mut().get_ref().as_raw_fd()
 }
 
-/// Reads and discards whatever arrives on the sockets in `fds` until `stop`.
-fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool) {
+/// Reads and discards whatever arrives on the sockets in `fds` until `stop`,
+/// counting the bytes into `total`.
+fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool, total: &AtomicU64) {
     let mut buffer = vec![0u8; 256 * 1024];
     let mut polled: Vec<libc::pollfd> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -272,6 +282,7 @@ fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool) {
                     }
                     break;
                 }
+                total.fetch_add(got as u64, Ordering::Relaxed);
             }
         }
     }
