@@ -21,6 +21,7 @@ pub mod connection;
 pub mod crypto;
 pub mod dispatcher;
 pub mod expiry;
+pub mod gate;
 pub mod http;
 pub mod monitoring;
 pub mod outbox;

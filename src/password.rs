@@ -7,78 +7,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-use std::sync::{Condvar, Mutex, MutexGuard};
-
 use crate::config::HashParams;
-
-/// Bounds argon2 work: at most `max_running` hashes at once; up to
-/// `max_waiting` more callers wait for a turn, anyone beyond is refused at
-/// once (the caller answers `SERVER_ERROR` "server busy"). Without it, a
-/// burst of password logins would run one 19 MiB argon2 per connection
-/// thread at the same time.
-pub struct HashGate {
-    state: Mutex<GateState>,
-    freed: Condvar,
-    max_running: usize,
-    max_waiting: usize,
-}
-
-#[derive(Default)]
-struct GateState {
-    running: usize,
-    waiting: usize,
-}
-
-/// A turn to hash; the next waiter goes when it is dropped.
-pub struct HashPermit<'a> {
-    gate: &'a HashGate,
-}
-
-impl HashGate {
-    /// A gate for `max_running` hashes at once (at least one) and
-    /// `max_waiting` waiters.
-    pub fn new(max_running: usize, max_waiting: usize) -> HashGate {
-        HashGate {
-            state: Mutex::new(GateState::default()),
-            freed: Condvar::new(),
-            max_running: max_running.max(1),
-            max_waiting,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits for a turn; `None` when the waiting queue is full.
-    pub fn enter(&self) -> Option<HashPermit<'_>> {
-        let mut state = self.lock();
-        if state.running >= self.max_running {
-            if state.waiting >= self.max_waiting {
-                return None;
-            }
-            state.waiting += 1;
-            while state.running >= self.max_running {
-                state = self
-                    .freed
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            state.waiting -= 1;
-        }
-        state.running += 1;
-        Some(HashPermit { gate: self })
-    }
-}
-
-impl Drop for HashPermit<'_> {
-    fn drop(&mut self) {
-        self.gate.lock().running -= 1;
-        self.gate.freed.notify_one();
-    }
-}
 
 /// Why a hash could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -170,28 +99,6 @@ impl PasswordHasher {
                 && params.p_cost() == self.params.p_cost()
         });
         same_algorithm && same_version && same_params
-    }
-}
-
-#[cfg(test)]
-mod gate_tests {
-    use super::HashGate;
-    use std::time::Duration;
-
-    #[test]
-    fn gate_runs_at_most_n_and_refuses_beyond_the_queue() {
-        let gate = HashGate::new(1, 1);
-        let first = gate.enter().expect("first runs");
-        std::thread::scope(|scope| {
-            let waiter = scope.spawn(|| gate.enter().map(drop).is_some());
-            while gate.lock().waiting == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            assert!(gate.enter().is_none(), "queue of one is full");
-            drop(first);
-            assert!(waiter.join().unwrap(), "the waiter got its turn");
-        });
-        assert!(gate.enter().is_some());
     }
 }
 

@@ -26,9 +26,10 @@ use crate::connection::offline::OfflineClaims;
 use crate::connection::{self, Services};
 use crate::dispatcher::{ConnId, Dispatcher, DispatcherSettings, Envelope};
 use crate::expiry::Expiry;
+use crate::gate::Gate;
 use crate::http::Router;
 use crate::monitoring::{HealthHandler, MeteredStore, Metrics, MetricsHandler};
-use crate::password::{HashGate, PasswordError, PasswordHasher};
+use crate::password::{PasswordError, PasswordHasher};
 use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
@@ -153,7 +154,7 @@ impl ServerHandle {
             Some(age) => Some(Expiry::start(store.clone(), age).map_err(ServerError::Thread)?),
             None => None,
         };
-        let hash_gate = HashGate::new(config.hash_concurrency, config.hash_queue);
+        let hash_gate = Gate::new(config.hash_concurrency, config.hash_queue);
         let throttle = AuthThrottle::new(config.throttle);
         let mailboxes = MailboxQuota::new(config.offline_quota);
         let http = http_router(&store, &metrics, config.metrics_public);
@@ -161,6 +162,7 @@ impl ServerHandle {
             mailboxes,
             throttle,
             hash_gate,
+            list_gate: Gate::new(list_sealers(), usize::MAX),
             config,
             store,
             dispatcher: dispatcher_tx.clone(),
@@ -352,6 +354,12 @@ impl Drop for Slot {
         self.limits.active.fetch_sub(1, Ordering::SeqCst);
         self.limits.open.dec();
     }
+}
+
+/// Connection threads that may seal a user list at once: two per core
+/// (sealing is CPU work; more at once only adds sealed copies in memory).
+fn list_sealers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// The default connection limit: raises the soft descriptor limit to the

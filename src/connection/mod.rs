@@ -38,9 +38,10 @@ use log::{debug, info};
 
 use crate::config::Config;
 use crate::dispatcher::{ConnId, Envelope};
+use crate::gate::Gate;
 use crate::http::{self, RequestHead, Router};
 use crate::monitoring::Metrics;
-use crate::password::{HashGate, PasswordHasher};
+use crate::password::PasswordHasher;
 use crate::quota::MailboxQuota;
 use crate::store::Store;
 use crate::throttle::AuthThrottle;
@@ -56,7 +57,11 @@ pub struct Services {
     pub dispatcher: Sender<Envelope>,
     pub passwords: PasswordHasher,
     /// Bounds concurrent argon2 work.
-    pub hash_gate: HashGate,
+    pub hash_gate: Gate,
+    /// Bounds how many connection threads seal a user list at once (every
+    /// broadcast wakes them all: unbounded, thousands of sealed copies
+    /// would be in memory together).
+    pub list_gate: Gate,
     pub offline_claims: OfflineClaims,
     /// Login and registration throttling.
     pub throttle: AuthThrottle,

@@ -329,7 +329,13 @@ impl Session<'_> {
         }
         let mut budget = WRITE_BUDGET;
         if let Some(list) = self.outbox.take_user_list() {
+            let services = self.services;
+            // Sealed and handed to the socket (never waiting for the peer
+            // to read) a few threads at a time: memory holds a few sealed
+            // copies, not one per online user.
+            let _turn = services.list_gate.enter();
             self.send(&list)?;
+            self.flush()?;
             budget -= 1;
         }
         while budget > 0 && !self.write_blocked {
