@@ -1,8 +1,9 @@
 //! The browser client, served on the chat port.
 //!
 //! `GET /` gives a page that speaks the chat protocol end to end in the
-//! browser (its sources are in `web/`, bundled into `web/dist/`, which is
-//! committed so `cargo build` needs no npm). The files are embedded in the
+//! browser (its page, style and icon are in `web/`; its modules in
+//! `web/src/` are bundled into `web/dist/app.js`, which is committed so
+//! `cargo build` needs no npm). The files are embedded in the
 //! binary: nothing to deploy. Every answer carries a strict
 //! Content-Security-Policy (own scripts, styles and WebSocket only: no
 //! inline code, no CDN), an ETag and `Cache-Control: no-cache`, so a browser
@@ -32,7 +33,7 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/index.html",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../web/dist/index.html"),
+        body: include_bytes!("../web/index.html"),
     },
     Asset {
         path: "/app.js",
@@ -42,12 +43,12 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/dist/style.css"),
+        body: include_bytes!("../web/style.css"),
     },
     Asset {
         path: "/favicon.svg",
         content_type: "image/svg+xml",
-        body: include_bytes!("../web/dist/favicon.svg"),
+        body: include_bytes!("../web/favicon.svg"),
     },
     Asset {
         path: "/LICENSES.txt",
