@@ -412,7 +412,9 @@ impl Dispatcher {
         match command {
             SessionCommand::Relay { kind, to, payload } => {
                 if carries_peer_signature(kind, &payload) {
-                    self.note_peer_signature(conn, &sender_name, now);
+                    if let Some(session) = self.own_session_mut(conn) {
+                        session.last_peer_signature = Some(now);
+                    }
                 }
                 self.relay(conn, sender_name, kind, &to, payload);
             }
@@ -423,16 +425,12 @@ impl Dispatcher {
                     sender.outbox.set_user_list(list);
                 }
             }
-            SessionCommand::OfflineRequested => self.note_offline_request(conn, &sender_name),
-            SessionCommand::Ready => {}
-        }
-    }
-
-    fn note_offline_request(&mut self, conn: ConnId, user: &str) {
-        if let Some(session) = self.sessions.get_mut(&fold(user)) {
-            if session.conn == conn {
-                session.asked_offline = true;
+            SessionCommand::OfflineRequested => {
+                if let Some(session) = self.own_session_mut(conn) {
+                    session.asked_offline = true;
+                }
             }
+            SessionCommand::Ready => {}
         }
     }
 
@@ -452,12 +450,13 @@ impl Dispatcher {
         }
     }
 
-    fn note_peer_signature(&mut self, conn: ConnId, sender: &str, now: Instant) {
-        if let Some(session) = self.sessions.get_mut(&fold(sender)) {
-            if session.conn == conn {
-                session.last_peer_signature = Some(now);
-            }
-        }
+    /// The live session of `conn`'s user, if `conn` is still it (not a
+    /// replaced connection that has not closed yet).
+    fn own_session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
+        let key = &self.connections.get(&conn)?.key;
+        self.sessions
+            .get_mut(key)
+            .filter(|session| session.conn == conn)
     }
 
     fn relay(&mut self, sender: ConnId, from: Arc<str>, kind: RelayKind, to: &str, payload: Value) {

@@ -86,14 +86,7 @@ impl OfflineBatch {
 
     /// The distinct recipients of the messages in the batch.
     pub fn recipients(&self) -> Vec<Arc<str>> {
-        let mut recipients: Vec<Arc<str>> = Vec::new();
-        for pending in &self.pending {
-            let key = fold(&pending.recipient);
-            if !recipients.iter().any(|r| fold(r) == key) {
-                recipients.push(pending.recipient.clone());
-            }
-        }
-        recipients
+        distinct_recipients(self.pending.iter().map(|p| &p.recipient))
     }
 
     fn waiting_for(&self, recipient: &str) -> u64 {
@@ -155,6 +148,18 @@ impl OfflineBatch {
         }
         notices
     }
+}
+
+/// `names` without repeats (names compared case-insensitively).
+pub fn distinct_recipients<'a>(names: impl Iterator<Item = &'a Arc<str>>) -> Vec<Arc<str>> {
+    let mut distinct: Vec<(String, Arc<str>)> = Vec::new();
+    for name in names {
+        let key = fold(name);
+        if !distinct.iter().any(|(seen, _)| *seen == key) {
+            distinct.push((key, name.clone()));
+        }
+    }
+    distinct.into_iter().map(|(_, name)| name).collect()
 }
 
 #[cfg(test)]
@@ -230,5 +235,16 @@ mod tests {
         push_n(&mut batch, 1, "bob", &store, &quota);
         assert!(batch.commit("ana", &store, &quota).is_empty());
         assert_eq!(store.count_offline("bob").unwrap(), 3);
+    }
+
+    #[test]
+    fn recipients_are_listed_once_whatever_their_case() {
+        let names: Vec<Arc<str>> = ["Bob", "carol", "BOB", "bob", "Carol"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        let distinct = distinct_recipients(names.iter());
+        let distinct: Vec<&str> = distinct.iter().map(|name| &**name).collect();
+        assert_eq!(distinct, vec!["Bob", "carol"]);
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::auth::LoggedIn;
 use super::link::{Link, LinkError};
 use super::offline::OfflineDelivery;
-use super::offline_batch::{OfflineBatch, MAX_BATCH};
+use super::offline_batch::{distinct_recipients, OfflineBatch, MAX_BATCH};
 use super::Services;
 use crate::channel::Inbound;
 use crate::dispatcher::{ConnId, Envelope, SessionCommand};
@@ -465,10 +465,16 @@ impl Session<'_> {
             self.staged
                 .push_back(Staged::Reply(protocol::error(notice)));
         }
+        self.announce_stored(recipients);
+    }
+
+    /// A recipient may have logged in and fetched its mailbox while
+    /// messages for it were being stored: the dispatcher tells it to look
+    /// again.
+    fn announce_stored(&self, recipients: Vec<Arc<str>>) {
         if !recipients.is_empty() {
-            // A recipient may have logged in and fetched its mailbox while
-            // these were being stored: the dispatcher tells it to look again.
-            let _ = services
+            let _ = self
+                .services
                 .dispatcher
                 .send(Envelope::OfflineStored { recipients });
         }
@@ -544,6 +550,7 @@ impl Session<'_> {
         for chunk in rows.chunks(MAX_BATCH) {
             saved += self.save_rows(chunk);
         }
+        self.announce_stored(distinct_recipients(rows.iter().map(|row| &row.1)));
         if saved > 0 {
             info!(
                 "{} {}: {saved} undelivered messages moved to the offline store",
