@@ -126,7 +126,7 @@ impl ServerHandle {
         let metrics = Metrics::new();
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let usernames = store.all_usernames()?;
-        let passwords = PasswordHasher::new(config.hash)?;
+        let passwords = PasswordHasher::new(config.hash, config.hash_concurrency)?;
         let listener = TcpListener::bind(config.bind).map_err(|source| ServerError::Bind {
             addr: config.bind,
             source,
