@@ -255,6 +255,7 @@ impl Dispatcher {
             self.make_ready(conn);
         }
         if let Some(list) = self.presence.take_due_broadcast(now) {
+            self.settings.metrics.presence_broadcasts.inc();
             for session in self.sessions.values() {
                 if let Some(connection) = self.connections.get(&session.conn) {
                     connection.outbox.set_user_list(list.clone());

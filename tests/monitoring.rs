@@ -68,11 +68,29 @@ impl Scrape {
 /// Scrapes until `series` has `expected` (the dispatcher and closing
 /// threads update some values just after the client sees the effect).
 fn wait_for_value(server: &TestServer, series: &str, expected: f64) -> Scrape {
+    wait_until(server, series, &format!("{expected}"), |value| {
+        value == expected
+    })
+}
+
+/// Scrapes until `series` is at least `least`.
+fn wait_for_at_least(server: &TestServer, series: &str, least: f64) -> Scrape {
+    wait_until(server, series, &format!("at least {least}"), |value| {
+        value >= least
+    })
+}
+
+fn wait_until(
+    server: &TestServer,
+    series: &str,
+    expected: &str,
+    good: impl Fn(f64) -> bool,
+) -> Scrape {
     let deadline = Instant::now() + WAIT;
     loop {
         let scrape = Scrape::take(server);
         let value = scrape.value(series);
-        if value == expected {
+        if good(value) {
             return scrape;
         }
         assert!(
@@ -137,6 +155,13 @@ fn metrics_count_a_scripted_session(backend: Backend) {
     // Two messages while bob is away are stored, then delivered.
     bob.close();
     alice.wait_user_offline("bob", WAIT).expect("bob offline");
+    // Alice learnt it from a broadcast list sealed and sent to her.
+    for series in [
+        "chat_presence_broadcasts_total",
+        "chat_user_lists_sent_total",
+    ] {
+        wait_for_at_least(&server, series, before.value(series) + 1.0);
+    }
     for n in 0..2 {
         alice
             .send_message("bob", &format!("later {n}"))

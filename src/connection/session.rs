@@ -335,6 +335,7 @@ impl Session<'_> {
             // copies, not one per online user.
             let _turn = services.list_gate.enter();
             self.send(&list)?;
+            services.metrics.user_lists_sent.inc();
             self.flush()?;
             budget -= 1;
         }

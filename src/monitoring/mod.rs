@@ -33,6 +33,11 @@ pub struct Metrics {
     pub frames_out: IntCounter,
     /// Relays (messages, key exchanges, typing) handed to an online recipient.
     pub messages_routed: IntCounter,
+    /// Presence broadcasts: a new user list handed to every online user.
+    pub presence_broadcasts: IntCounter,
+    /// User lists sealed and sent (each online user gets at most the latest
+    /// list of a broadcast; one still unsent is replaced, not sent twice).
+    pub user_lists_sent: IntCounter,
     /// Messages written to the offline store.
     pub offline_stored: IntCounter,
     /// Offline messages delivered (written to the recipient, then deleted).
@@ -71,6 +76,11 @@ impl Metrics {
                 "messages_routed_total",
                 "Relays handed to an online recipient",
             ),
+            presence_broadcasts: counter(
+                "presence_broadcasts_total",
+                "User lists handed to every online user",
+            ),
+            user_lists_sent: counter("user_lists_sent_total", "User lists sealed and sent"),
             offline_stored: counter(
                 "offline_stored_total",
                 "Messages written to the offline store",
@@ -111,12 +121,14 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(self.connections_open.clone()),
             Box::new(self.users_online.clone()),
             Box::new(self.frames_in.clone()),
             Box::new(self.frames_out.clone()),
             Box::new(self.messages_routed.clone()),
+            Box::new(self.presence_broadcasts.clone()),
+            Box::new(self.user_lists_sent.clone()),
             Box::new(self.offline_stored.clone()),
             Box::new(self.offline_delivered.clone()),
             Box::new(self.offline_expired.clone()),
