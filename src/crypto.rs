@@ -8,7 +8,7 @@
 
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use hkdf::Hkdf;
@@ -53,14 +53,15 @@ const LENIENT_URL_SAFE: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Encodes with the url-safe alphabet and `=` padding (the only form the
-/// mobile client decodes).
+/// mobile client decodes). SIMD (AVX2/SSE4.1 when the CPU has them): every
+/// sealed frame is encoded, and a user list of 10,000 names is ~600 KB.
 pub fn b64_encode(bytes: &[u8]) -> String {
-    URL_SAFE.encode(bytes)
+    base64_simd::URL_SAFE.encode_to_string(bytes)
 }
 
 /// As [`b64_encode`], appending to `out`.
 pub fn b64_encode_into(bytes: &[u8], out: &mut String) {
-    URL_SAFE.encode_string(bytes, out);
+    base64_simd::URL_SAFE.encode_append(bytes, out);
 }
 
 /// Decodes url-safe or standard base64, padded or not.
@@ -355,6 +356,16 @@ mod tests {
     fn base64_output_is_padded_url_safe() {
         assert_eq!(b64_encode(&[0xfb, 0xff]), "-_8=");
         assert_eq!(b64_encode(b""), "");
+        // Every length around the SIMD block sizes, against the scalar
+        // encoder (and appending keeps what was there).
+        let bytes: Vec<u8> = (0..300u32).map(|n| (n * 97 % 256) as u8).collect();
+        for len in 0..bytes.len() {
+            let expected = base64::engine::general_purpose::URL_SAFE.encode(&bytes[..len]);
+            assert_eq!(b64_encode(&bytes[..len]), expected, "length {len}");
+            let mut out = String::from("x");
+            b64_encode_into(&bytes[..len], &mut out);
+            assert_eq!(out, format!("x{expected}"), "length {len}");
+        }
     }
 
     #[test]
