@@ -27,6 +27,8 @@ type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 pub const KEY_LEN: usize = 32;
 /// Length of an AES-CBC initialisation vector.
 pub const IV_LEN: usize = 16;
+/// AES block size in bytes.
+const BLOCK_LEN: usize = 16;
 
 /// Errors from the primitives. None of them carries key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
@@ -143,6 +145,42 @@ impl SymmetricKeys {
             .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
         let tag = self.mac(iv, &ciphertext).finalize().into_bytes().into();
         (ciphertext, tag)
+    }
+
+    /// As [`SymmetricKeys::seal`], but hands the ciphertext to `sink` in
+    /// pieces (each a multiple of 3 bytes but the last, so that base64 of
+    /// the pieces one after the other is base64 of the whole) instead of
+    /// building it: a big plaintext (a user list of hundreds of KB) is not
+    /// copied into a ciphertext buffer of its own first. Returns the tag.
+    pub fn seal_in_pieces(
+        &self,
+        iv: &[u8; IV_LEN],
+        plaintext: &[u8],
+        mut sink: impl FnMut(&[u8]),
+    ) -> [u8; KEY_LEN] {
+        /// Bytes per piece: a multiple of the AES block and of 3.
+        const PIECE: usize = 48 * 64;
+        let mut cipher = Aes256CbcEnc::new(&self.aes_key.into(), iv.into());
+        let mut mac = self.mac(iv, &[]);
+        let mut piece = [0u8; PIECE];
+        let whole = plaintext.len() - plaintext.len() % PIECE;
+        for chunk in plaintext[..whole].chunks_exact(PIECE) {
+            piece.copy_from_slice(chunk);
+            for block in piece.chunks_exact_mut(BLOCK_LEN) {
+                cipher.encrypt_block_mut(block.into());
+            }
+            mac.update(&piece);
+            sink(&piece);
+        }
+        // The rest is shorter than a piece, so the rest and its padding
+        // (one block at most) fit in it.
+        let rest = &plaintext[whole..];
+        let last = cipher
+            .encrypt_padded_b2b_mut::<Pkcs7>(rest, &mut piece)
+            .expect("a piece holds the rest and its padding");
+        mac.update(last);
+        sink(last);
+        mac.finalize().into_bytes().into()
     }
 
     /// Whether `tag` is HMAC-SHA256(mac_key, iv || ciphertext), compared in

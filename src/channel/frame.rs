@@ -5,7 +5,7 @@
 
 use super::messages::{decode_field, parse_object};
 use super::ChannelError;
-use crate::crypto::{b64_decode, b64_encode_into, random_iv, SymmetricKeys, IV_LEN};
+use crate::crypto::{b64_decode, b64_encode_into, random_iv, SymmetricKeys, IV_LEN, KEY_LEN};
 
 /// The frame's fields borrowed from the text (a field holding a JSON escape
 /// cannot be borrowed: such a frame takes the general path).
@@ -64,30 +64,32 @@ impl Frame {
 
     /// As [`Frame::seal`] with a given IV (for known-answer tests).
     pub fn seal_with_iv(keys: &SymmetricKeys, iv: &[u8; IV_LEN], plaintext: &[u8]) -> String {
-        let (ciphertext, tag) = keys.seal(iv, plaintext);
-        Frame {
-            iv: iv.to_vec(),
-            ciphertext,
-            tag: tag.to_vec(),
-        }
-        .to_json()
+        let ciphertext_len = (plaintext.len() / IV_LEN + 1) * IV_LEN;
+        let mut json = String::with_capacity(json_capacity(ciphertext_len));
+        write_sealed(&mut json, keys, iv, plaintext);
+        json
+    }
+
+    /// As [`Frame::seal`], the JSON text cut into pieces of at most
+    /// `piece_bytes` as it is written (WebSocket fragments of a big frame):
+    /// neither the ciphertext nor the whole text is ever in one buffer.
+    pub fn seal_in_pieces(
+        keys: &SymmetricKeys,
+        plaintext: &[u8],
+        piece_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        let mut pieces = Pieces::new(piece_bytes);
+        write_sealed(&mut pieces, keys, &random_iv(), plaintext);
+        pieces.finish()
     }
 
     /// Compact JSON text with padded url-safe base64.
     pub fn to_json(&self) -> String {
-        // Base64 never contains characters that need JSON escaping. One
-        // buffer, sized up front, instead of three encoded strings and a
-        // format.
-        let encoded = |bytes: &[u8]| bytes.len().div_ceil(3) * 4;
-        let capacity = 40 + encoded(&self.iv) + encoded(&self.ciphertext) + encoded(&self.tag);
-        let mut json = String::with_capacity(capacity);
-        json.push_str(r#"{"iv":""#);
-        b64_encode_into(&self.iv, &mut json);
-        json.push_str(r#"","payload":""#);
-        b64_encode_into(&self.ciphertext, &mut json);
-        json.push_str(r#"","hmac":""#);
-        b64_encode_into(&self.tag, &mut json);
-        json.push_str(r#""}"#);
+        let mut json = String::with_capacity(json_capacity(self.ciphertext.len()));
+        write_json(&mut json, &self.iv, |json| {
+            b64_encode_into(&self.ciphertext, json);
+            &self.tag
+        });
         json
     }
 
@@ -104,6 +106,106 @@ impl Frame {
                 other => ChannelError::Undecryptable(other),
             })
     }
+}
+
+/// Somewhere a frame's JSON text is written to, in order.
+trait TextSink {
+    fn push(&mut self, text: &str);
+}
+
+impl TextSink for String {
+    fn push(&mut self, text: &str) {
+        self.push_str(text);
+    }
+}
+
+/// Text cut into pieces of at most `max` bytes as it is written. The text
+/// is ASCII (JSON keys and base64), so any cut is fine for WebSocket
+/// fragments, which need not be valid UTF-8 one by one.
+struct Pieces {
+    max: usize,
+    done: Vec<Vec<u8>>,
+    current: Vec<u8>,
+}
+
+impl Pieces {
+    fn new(max: usize) -> Pieces {
+        let max = max.max(1);
+        Pieces {
+            max,
+            done: Vec::new(),
+            current: Vec::with_capacity(max),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if !self.current.is_empty() || self.done.is_empty() {
+            self.done.push(self.current);
+        }
+        self.done
+    }
+}
+
+impl TextSink for Pieces {
+    fn push(&mut self, text: &str) {
+        let mut bytes = text.as_bytes();
+        loop {
+            let room = self.max - self.current.len();
+            if bytes.len() < room {
+                self.current.extend_from_slice(bytes);
+                return;
+            }
+            self.current.extend_from_slice(&bytes[..room]);
+            bytes = &bytes[room..];
+            let full = std::mem::replace(&mut self.current, Vec::with_capacity(self.max));
+            self.done.push(full);
+        }
+    }
+}
+
+/// Room for a frame's JSON text around a ciphertext of `ciphertext_len`.
+fn json_capacity(ciphertext_len: usize) -> usize {
+    let encoded = |len: usize| len.div_ceil(3) * 4;
+    40 + encoded(IV_LEN) + encoded(ciphertext_len) + encoded(KEY_LEN)
+}
+
+/// Encrypts `plaintext` and writes the frame's JSON text as the ciphertext
+/// is made, piece by piece.
+fn write_sealed(
+    out: &mut impl TextSink,
+    keys: &SymmetricKeys,
+    iv: &[u8; IV_LEN],
+    plaintext: &[u8],
+) {
+    let mut encoded = String::new();
+    write_json(out, iv, |out| {
+        keys.seal_in_pieces(iv, plaintext, |piece| {
+            encoded.clear();
+            b64_encode_into(piece, &mut encoded);
+            out.push(&encoded);
+        })
+    });
+}
+
+/// Writes a frame's compact JSON text: `payload` writes the ciphertext's
+/// base64 and returns the tag. Base64 never contains characters that need
+/// JSON escaping.
+fn write_json<S: TextSink, T: AsRef<[u8]>>(
+    out: &mut S,
+    iv: &[u8],
+    payload: impl FnOnce(&mut S) -> T,
+) {
+    let mut encoded = String::new();
+    out.push(r#"{"iv":""#);
+    b64_encode_into(iv, &mut encoded);
+    out.push(&encoded);
+    out.push(r#"","payload":""#);
+    let tag = payload(out);
+    out.push(r#"","hmac":""#);
+    encoded.clear();
+    b64_encode_into(tag.as_ref(), &mut encoded);
+    out.push(&encoded);
+    out.push(r#""}"#);
 }
 
 impl std::fmt::Debug for Frame {
@@ -169,6 +271,46 @@ mod tests {
             Frame::parse(r#"["AAAA","AAAA","AAAA"]"#),
             Err(ChannelError::NotJson)
         );
+    }
+
+    /// Sealing piece by piece gives the frame that encrypting the whole
+    /// plaintext at once gives, at every length around the piece size.
+    #[test]
+    fn sealing_in_pieces_is_sealing_at_once() {
+        let keys = SymmetricKeys::derive(&[7; 32], b"salt", b"info");
+        let iv = [9u8; IV_LEN];
+        let plaintext: Vec<u8> = (0..10_000u32).map(|n| (n * 31 % 251) as u8).collect();
+        for len in [0, 1, 15, 16, 17, 3071, 3072, 3073, 6144, 6160, 9999, 10_000] {
+            let (ciphertext, tag) = keys.seal(&iv, &plaintext[..len]);
+            let at_once = Frame {
+                iv: iv.to_vec(),
+                ciphertext,
+                tag: tag.to_vec(),
+            }
+            .to_json();
+            assert_eq!(
+                Frame::seal_with_iv(&keys, &iv, &plaintext[..len]),
+                at_once,
+                "length {len}"
+            );
+        }
+    }
+
+    /// The pieces, joined, are a frame that opens to the plaintext; every
+    /// piece but the last is full.
+    #[test]
+    fn a_frame_sealed_in_pieces_joins_into_one_frame() {
+        let keys = SymmetricKeys::derive(&[7; 32], b"salt", b"info");
+        let plaintext: Vec<u8> = (0..50_000u32).map(|n| b'a' + (n % 26) as u8).collect();
+        for (len, piece_bytes) in [(0, 16), (10, 1000), (50_000, 16 * 1024), (50_000, 4096)] {
+            let pieces = Frame::seal_in_pieces(&keys, &plaintext[..len], piece_bytes);
+            let (last, full) = pieces.split_last().expect("at least one piece");
+            assert!(full.iter().all(|piece| piece.len() == piece_bytes));
+            assert!(!last.is_empty() && last.len() <= piece_bytes);
+            let text = String::from_utf8(pieces.concat()).expect("ASCII");
+            let frame = Frame::parse(&text).expect("parses");
+            assert_eq!(frame.open(&keys).expect("opens"), &plaintext[..len]);
+        }
     }
 
     #[test]

@@ -102,6 +102,18 @@ impl ServerChannel {
         Frame::seal(self.keys.sending(), plaintext.as_bytes())
     }
 
+    /// As [`Self::seal`], the frame's text cut into pieces of at most
+    /// `piece_bytes` (for a big command sent as WebSocket fragments).
+    pub fn seal_in_pieces(
+        &mut self,
+        plaintext: &str,
+        now: Instant,
+        piece_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        self.schedule.count_sent(now);
+        Frame::seal_in_pieces(self.keys.sending(), plaintext.as_bytes(), piece_bytes)
+    }
+
     /// Verifies (new keys, else old), decrypts and parses one inbound frame.
     /// Renegotiation messages are handled here and come back as `Control`.
     pub fn open(&mut self, frame: &str, now: Instant) -> Result<Inbound, ChannelError> {

@@ -234,8 +234,14 @@ impl Link {
     /// Returns `Ok(false)` when the socket is full (the frame is buffered).
     pub fn send(&mut self, plaintext: &str) -> Result<bool, LinkError> {
         let now = Instant::now();
-        let frame = self.channel.seal(plaintext, now);
-        let mut open = self.write(frame)?;
+        let mut open = if plaintext.len() > FRAGMENT_BYTES {
+            // Big (a user list): sealed straight into fragments.
+            let pieces = self.channel.seal_in_pieces(plaintext, now, FRAGMENT_BYTES);
+            self.write_pieces(pieces)?
+        } else {
+            let frame = self.channel.seal(plaintext, now);
+            self.write(frame)?
+        };
         if let Some(request) = self.channel.poll_renewal(now) {
             open &= self.write(request)?;
         }
@@ -268,7 +274,14 @@ impl Link {
         if frame.len() <= FRAGMENT_BYTES && self.unfed.is_empty() {
             return self.write_message(Message::Text(frame));
         }
-        self.unfed.extend(fragments(frame.into_bytes()));
+        self.unfed.extend(fragments(cut(frame.as_bytes())));
+        self.feed()
+    }
+
+    /// Queues one frame's text, already cut into fragments.
+    fn write_pieces(&mut self, pieces: Vec<Vec<u8>>) -> Result<bool, LinkError> {
+        self.count_frame_out();
+        self.unfed.extend(fragments(pieces));
         self.feed()
     }
 
@@ -447,23 +460,27 @@ impl Link {
     }
 }
 
-/// `text` as a fragmented text message: pieces of [`FRAGMENT_BYTES`], the
-/// first a text frame, the others continuations, the last one final.
-fn fragments(text: Vec<u8>) -> Vec<Frame> {
-    let count = text.len().div_ceil(FRAGMENT_BYTES).max(1);
-    let mut pieces = Vec::with_capacity(count);
-    for (i, piece) in text.chunks(FRAGMENT_BYTES).enumerate() {
-        let opcode = if i == 0 {
-            OpCode::Data(Data::Text)
-        } else {
-            OpCode::Data(Data::Continue)
-        };
-        pieces.push(Frame::message(piece.to_vec(), opcode, i + 1 == count));
-    }
+/// `text` in pieces of [`FRAGMENT_BYTES`].
+fn cut(text: &[u8]) -> Vec<Vec<u8>> {
+    text.chunks(FRAGMENT_BYTES).map(<[u8]>::to_vec).collect()
+}
+
+/// One text message's `pieces` as WebSocket frames: the first a text
+/// frame, the others continuations, the last one final.
+fn fragments(pieces: Vec<Vec<u8>>) -> Vec<Frame> {
     if pieces.is_empty() {
-        pieces.push(Frame::message(Vec::new(), OpCode::Data(Data::Text), true));
+        return vec![Frame::message(Vec::new(), OpCode::Data(Data::Text), true)];
     }
+    let count = pieces.len();
+    let opcode = |i: usize| match i {
+        0 => OpCode::Data(Data::Text),
+        _ => OpCode::Data(Data::Continue),
+    };
     pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| Frame::message(piece, opcode(i), i + 1 == count))
+        .collect()
 }
 
 /// Reads `HANDSHAKE_START` (the socket's deadline bounds it) and answers it.
@@ -560,7 +577,7 @@ mod tests {
         let text: Vec<u8> = (0..FRAGMENT_BYTES * 2 + 5)
             .map(|i| b'a' + (i % 26) as u8)
             .collect();
-        let pieces = fragments(text.clone());
+        let pieces = fragments(cut(&text));
         let shape: Vec<(OpCode, bool, usize)> = pieces
             .iter()
             .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
@@ -576,9 +593,9 @@ mod tests {
         let joined: Vec<u8> = pieces.into_iter().flat_map(Frame::into_data).collect();
         assert_eq!(joined, text);
         // A small frame queued behind a fragmented one is one final piece.
-        let one = fragments(b"{}".to_vec());
+        let one = fragments(cut(b"{}"));
         assert_eq!(one.len(), 1);
         assert!(one[0].header().is_final);
-        assert_eq!(fragments(Vec::new()).len(), 1);
+        assert_eq!(fragments(cut(b"")).len(), 1);
     }
 }
