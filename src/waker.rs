@@ -291,38 +291,42 @@ mod tests {
 
     /// Many wakes racing with reset → drain → wait on another thread: a
     /// lost wake-up shows as a wait that timed out with items still queued.
+    /// The producer often waits until the consumer has seen its items, so
+    /// its next wake lands while the consumer heads for its wait.
     #[test]
     fn no_wake_is_lost_under_races() {
         let waker = Arc::new(Waker::new());
         let queued = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
         let total = 200_000;
-        let (attached_tx, attached_rx) = std::sync::mpsc::channel();
         let consumer = {
-            let (waker, queued) = (waker.clone(), queued.clone());
+            let (waker, queued, seen) = (waker.clone(), queued.clone(), seen.clone());
             std::thread::spawn(move || {
                 let attached = waker.attach().unwrap();
-                attached_tx.send(()).unwrap();
-                let (mut drained, mut turns) = (0, 0u64);
-                while drained < total {
+                let mut waits = 0u64;
+                loop {
                     waker.reset();
-                    drained = queued.load(Ordering::SeqCst);
-                    if drained < total {
-                        let woken = woken_within(&attached, LONG);
-                        let still_queued = queued.load(Ordering::SeqCst) > drained;
-                        assert!(woken || !still_queued, "a wake was lost");
-                        turns += 1;
+                    let drained = queued.load(Ordering::SeqCst);
+                    seen.store(drained, Ordering::SeqCst);
+                    if drained == total {
+                        return waits;
                     }
+                    let woken = woken_within(&attached, LONG);
+                    let still_queued = queued.load(Ordering::SeqCst) > drained;
+                    assert!(woken || !still_queued, "a wake was lost");
+                    waits += 1;
                 }
-                turns
             })
         };
-        attached_rx.recv().unwrap();
-        for _ in 0..total {
+        for n in 1..=total {
             queued.fetch_add(1, Ordering::SeqCst);
             waker.wake();
+            while n % 4 == 0 && seen.load(Ordering::SeqCst) < n && !consumer.is_finished() {
+                std::hint::spin_loop();
+            }
         }
-        let turns = consumer.join().unwrap();
-        assert!(turns > 0, "the consumer never had to wait");
+        let waits = consumer.join().unwrap();
+        assert!(waits >= total / 4, "the consumer waited only {waits} times");
     }
 
     /// A wake before the thread attached is seen by its first wait; a

@@ -51,7 +51,9 @@ fn each_logged_in_client_costs_the_server_one_descriptor() {
         .collect();
     // Every session is live: the first client sees the last one online.
     let last = &names[CLIENTS - 1];
-    clients[0].wait_user_online(last, WAIT).expect("last online");
+    clients[0]
+        .wait_user_online(last, WAIT)
+        .expect("last online");
     let held = settled_descriptors() - before;
     assert!(
         held <= 2 * CLIENTS + CLIENTS / 4,

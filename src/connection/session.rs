@@ -105,7 +105,10 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
     let end = match outbox.waker().attach() {
         Ok(attached) => session.serve(&attached),
         Err(error) => {
-            warn!("{} {}: no wake-up signal: {error}", session.link.peer, session.user);
+            warn!(
+                "{} {}: no wake-up signal: {error}",
+                session.link.peer, session.user
+            );
             End::Link(LinkError::Io(std::io::Error::other(error)))
         }
     };
