@@ -24,13 +24,21 @@
 //! ## Coalescing and no lost wake-up
 //! While a wake is pending (`pending` set and not yet [`Waker::reset`]),
 //! further wakes cost no system call. The connection thread runs
-//! `reset` → drain → wait. The wake that sets `pending` after a reset sends
-//! the signal after setting it, so the signal reaches the thread after the
-//! reset: it is either pending at the next wait or arrives during it, and
-//! that wait reports "woken" (leading to the next reset). A wake that finds
-//! `pending` already set queued its item before the reset that clears the
-//! flag (the flag was set by a wake since the last reset whose signal is
-//! still to be consumed), so the drain after that reset takes it.
+//! reset → drain → wait, and resets again only after a wait that reported
+//! "woken" (draining on every turn). Take any wake W, whose item was queued
+//! before it:
+//! - W finds `pending` clear (and sets it): some reset R cleared it
+//!   before, and W signals after R. The signal stays blocked until the
+//!   thread's next wait, which comes after R's drain; that wait (or a later
+//!   one, if the socket was ready first) reports "woken", then the thread
+//!   resets and drains, after W's item was queued.
+//! - W finds `pending` set: the wake W0 that set it is signalling as above,
+//!   and W's swap comes before the reset that clears the flag, which W0's
+//!   signal guarantees; the drain after that reset takes W's item.
+//!
+//! Unlike the eventfd this replaced (whose read had to come before clearing
+//! the flag), a reset here consumes nothing: a signal of a wake that was
+//! already drained only makes the next wait return at once (a spare turn).
 //!
 //! A wake while no thread is attached only sets `pending`; [`Waker::attach`]
 //! then signals the attaching thread itself, so its first wait reports
