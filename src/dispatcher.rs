@@ -688,7 +688,7 @@ mod tests {
             capacity: usize,
             challenge_issued: Option<Instant>,
         ) -> (TestConn, LoginOutcome) {
-            let (outbox, receiver) = Outbox::new(capacity).unwrap();
+            let (outbox, receiver) = Outbox::new(capacity);
             let (reply, outcome) = crossbeam_channel::bounded(1);
             let request = LoginRequest {
                 conn,

@@ -3,11 +3,10 @@
 //! An [`Outbox`] is a bounded crossbeam queue of [`Outgoing`] items, a slot
 //! that holds at most one unsent user list (a newer list replaces an older
 //! one: clients only use the latest), a close request, and the [`Waker`] that
-//! rouses the connection thread from `poll`. The dispatcher only ever uses the
+//! rouses the connection thread from `ppoll` (a signal, no descriptor). The dispatcher only ever uses the
 //! non-blocking operations here, so a slow recipient can never stall it.
 
 use std::collections::VecDeque;
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -94,7 +93,7 @@ pub struct Outbox {
 impl Outbox {
     /// A mailbox holding at most `capacity` queued items, and the receiving
     /// end for the connection thread.
-    pub fn new(capacity: usize) -> io::Result<(Arc<Outbox>, Receiver<Outgoing>)> {
+    pub fn new(capacity: usize) -> (Arc<Outbox>, Receiver<Outgoing>) {
         let (queue, receiver) = crossbeam_channel::unbounded();
         let outbox = Outbox {
             queue,
@@ -106,9 +105,9 @@ impl Outbox {
             user_list: Mutex::new(None),
             offline_waiting: AtomicBool::new(false),
             close: AtomicU8::new(0),
-            waker: Waker::new()?,
+            waker: Waker::new(),
         };
-        Ok((Arc::new(outbox), receiver))
+        (Arc::new(outbox), receiver)
     }
 
     /// Queues an item and wakes the connection; gives it back when full.
@@ -228,7 +227,7 @@ impl Outbox {
         lock(&self.stores).len()
     }
 
-    /// The wake-up signal the connection thread polls on.
+    /// The wake-up signal the connection thread attaches to and waits for.
     pub fn waker(&self) -> &Waker {
         &self.waker
     }
@@ -256,7 +255,7 @@ mod tests {
 
     #[test]
     fn full_queue_gives_the_item_back() {
-        let (outbox, receiver) = Outbox::new(2).unwrap();
+        let (outbox, receiver) = Outbox::new(2);
         assert!(outbox.push(message(1)).is_ok());
         assert!(outbox.push(message(2)).is_ok());
         assert_eq!(outbox.push(message(3)), Err(message(3)));
@@ -273,7 +272,7 @@ mod tests {
 
     #[test]
     fn offline_stores_are_never_refused_and_come_first() {
-        let (outbox, receiver) = Outbox::new(1).unwrap();
+        let (outbox, receiver) = Outbox::new(1);
         outbox.push(message(1)).unwrap();
         let store = |n: i64| Outgoing::StoreOffline {
             to: Arc::from("bob"),
@@ -293,7 +292,7 @@ mod tests {
 
     #[test]
     fn user_list_slot_keeps_only_the_newest() {
-        let (outbox, _receiver) = Outbox::new(1).unwrap();
+        let (outbox, _receiver) = Outbox::new(1);
         outbox.set_user_list(Arc::from("old"));
         outbox.set_user_list(Arc::from("new"));
         assert_eq!(outbox.take_user_list().as_deref(), Some("new"));
@@ -302,7 +301,7 @@ mod tests {
 
     #[test]
     fn first_close_request_wins_and_reclaim_empties() {
-        let (outbox, receiver) = Outbox::new(4).unwrap();
+        let (outbox, receiver) = Outbox::new(4);
         outbox.push(message(1)).unwrap();
         outbox.request_close(CloseRequest::Replaced);
         outbox.request_close(CloseRequest::TooSlow);

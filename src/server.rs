@@ -363,14 +363,15 @@ fn list_sealers() -> usize {
 }
 
 /// The default connection limit: raises the soft descriptor limit to the
-/// hard one, then takes the smaller of the descriptor budget (two per
-/// connection: socket and eventfd) and the thread budget (the smaller of
-/// `vm.max_map_count / 4`, about four mappings per thread, and
-/// `kernel.threads-max`), each less a reserve for the server itself.
+/// hard one, then takes the smaller of the descriptor budget (one per
+/// connection, its socket: wake-ups are signals, see [`crate::waker`]) and
+/// the thread budget (the smaller of `vm.max_map_count / 4`, about four
+/// mappings per thread, and `kernel.threads-max`), each less a reserve for
+/// the server itself.
 pub fn default_max_connections() -> usize {
     const RESERVE: usize = 64;
     let descriptors = raise_descriptor_limit();
-    let by_descriptors = descriptors.saturating_sub(RESERVE) / 2;
+    let by_descriptors = descriptors.saturating_sub(RESERVE);
     let map_count = read_proc_number("/proc/sys/vm/max_map_count").map(|maps| maps / 4);
     let threads_max = read_proc_number("/proc/sys/kernel/threads-max");
     let by_threads = match (map_count, threads_max) {

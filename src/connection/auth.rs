@@ -399,13 +399,7 @@ impl Authenticator<'_> {
             info!("{} {username}: left during login", self.link.peer);
             return Err(LinkError::Closed);
         }
-        let (outbox, receiver) = match Outbox::new(self.services.config.outbox_capacity) {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!("{} {username}: no outbox: {error}", self.link.peer);
-                return self.server_error("server busy, try again later");
-            }
-        };
+        let (outbox, receiver) = Outbox::new(self.services.config.outbox_capacity);
         let (reply, outcome) = crossbeam_channel::bounded(1);
         let request = LoginRequest {
             conn: self.conn,

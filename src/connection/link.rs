@@ -1,6 +1,6 @@
 //! A [`Link`] is one client's WebSocket plus its secure channel: it turns
 //! socket frames into decrypted commands and plaintext replies into sealed
-//! frames, and knows how to wait on the socket with `poll(2)`.
+//! frames, and knows how to wait on the socket with `ppoll(2)`.
 //!
 //! The socket is blocking (with deadlines) during the upgrade, the channel
 //! handshake and the authentication phase, which only ever wait for the
@@ -22,7 +22,7 @@ use prometheus::IntCounter;
 
 use crate::channel::{ChannelError, Inbound, RenewalPolicy, ServerChannel};
 use crate::monitoring::Metrics;
-use crate::waker::Waker;
+use crate::waker::Attached;
 
 use super::socket::Socket;
 
@@ -110,12 +110,12 @@ impl LinkError {
     }
 }
 
-/// What `poll` reported.
+/// What `ppoll` reported.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
-    /// The waker's descriptor was readable: a wake is pending.
+    /// The waker fired (`ppoll` was interrupted by its signal).
     pub woken: bool,
 }
 
@@ -385,7 +385,7 @@ impl Link {
     }
 
     /// Whether input was read from the socket but not handed out yet
-    /// (plaintext TLS decrypted ahead): `poll` would not report it.
+    /// (plaintext TLS decrypted ahead): `ppoll` would not report it.
     pub fn has_buffered_input(&mut self) -> bool {
         self.ws.get_mut().has_buffered_input()
     }
@@ -407,47 +407,40 @@ impl Link {
     }
 
     /// Sleeps until the socket is readable (or writable, if asked), the
-    /// waker fires, or `timeout` passes.
+    /// waker this thread is attached to fires, or `timeout` passes: `ppoll`
+    /// on the socket alone (the wake is a signal, see [`crate::waker`]).
     pub fn wait(
         &self,
         want_write: bool,
-        waker: &Waker,
+        attached: &Attached<'_>,
         timeout: Option<Duration>,
     ) -> Result<Readiness, LinkError> {
-        let mut socket_events = libc::POLLIN;
+        let mut events = libc::POLLIN;
         if want_write {
-            socket_events |= libc::POLLOUT;
+            events |= libc::POLLOUT;
         }
-        let mut fds = [
-            libc::pollfd {
-                fd: self.ws.get_ref().stream.as_raw_fd(),
-                events: socket_events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: waker.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let timeout_ms = timeout.map_or(-1, |timeout| {
-            // Round up so a deadline is never polled for early in a busy loop.
-            timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        let mut fds = [libc::pollfd {
+            fd: self.ws.get_ref().stream.as_raw_fd(),
+            events,
+            revents: 0,
+        }];
+        // Round up to whole milliseconds, as poll(2) timeouts were: a
+        // deadline is never waited for early, and nearby timers coalesce.
+        let timeout = timeout.map(|timeout| {
+            let millis = timeout.as_micros().div_ceil(1000);
+            Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
         });
-        // SAFETY: `fds` is a live array of two initialised pollfd structs.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                return Ok(Readiness::default());
-            }
-            return Err(LinkError::Io(error));
+        if attached.wait(&mut fds, timeout).map_err(LinkError::Io)? {
+            return Ok(Readiness {
+                woken: true,
+                ..Readiness::default()
+            });
         }
         let revents = fds[0].revents;
         Ok(Readiness {
             readable: revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
             writable: revents & (libc::POLLOUT | libc::POLLERR) != 0,
-            woken: fds[1].revents != 0,
+            woken: false,
         })
     }
 

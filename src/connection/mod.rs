@@ -9,13 +9,14 @@
 //! 3. [`session::run`]: the logged-in loop, until the client leaves or the
 //!    dispatcher asks it to close.
 //!
-//! ## Why one thread per connection, blocking in `poll`
+//! ## Why one thread per connection, blocking in `ppoll`
 //! tungstenite's blocking `WebSocket` cannot be split into a reader and a
 //! writer. Instead of a second writer thread per client (two threads, a write
 //! mutex, ~8,000 clients before this machine's thread limit), the session
-//! loop makes the socket non-blocking and sleeps in `poll(2)` on two
-//! descriptors: the socket and an eventfd [`crate::waker::Waker`] that the
-//! dispatcher signals after pushing into the connection's outbox. So a routed
+//! loop makes the socket non-blocking and sleeps in `ppoll(2)` on its one
+//! descriptor, the socket; the dispatcher wakes it after pushing into the
+//! connection's outbox with a signal sent to this thread
+//! ([`crate::waker::Waker`]: no second descriptor per client). So a routed
 //! message is written as soon as it arrives (no timer tick), an idle
 //! connection sleeps until its next deadline (the channel's renewal timer,
 //! the next WebSocket ping, or the idle timeout: deadlines, not a tick), one

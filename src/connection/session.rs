@@ -1,6 +1,6 @@
-//! The logged-in loop of one connection: one thread, blocking in `poll` on
-//! the socket and the outbox's waker (see the module docs of
-//! [`crate::connection`] for why).
+//! The logged-in loop of one connection: one thread, blocking in `ppoll` on
+//! the socket, woken by the outbox's [`crate::waker::Waker`] signal (see
+//! the module docs of [`crate::connection`] for why).
 //!
 //! Each turn it reads what the socket has (commands go to the dispatcher or
 //! are answered here), moves what the dispatcher queued into a small staging
@@ -32,6 +32,7 @@ use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
 use crate::rate::{CommandRate, Verdict};
 use crate::store::NewOffline;
+use crate::waker::Attached;
 
 /// Longest wait for the dispatcher's answer to `Envelope::Closed`.
 const CLOSED_ANSWER_WAIT: Duration = Duration::from_secs(10);
@@ -97,12 +98,25 @@ pub fn run(link: Link, login: LoggedIn, conn: ConnId, services: &Services) {
         rate: CommandRate::new(services.config.rate, Instant::now()),
         rate_close: false,
     };
-    let end = session.serve();
+    // Attached through its own handle on the outbox: the session is
+    // borrowed mutably while the thread is attached. Detached (the guard
+    // dropped) before this thread can exit.
+    let outbox = session.outbox.clone();
+    let end = match outbox.waker().attach() {
+        Ok(attached) => session.serve(&attached),
+        Err(error) => {
+            warn!(
+                "{} {}: no wake-up signal: {error}",
+                session.link.peer, session.user
+            );
+            End::Link(LinkError::Io(std::io::Error::other(error)))
+        }
+    };
     session.finish(end);
 }
 
 impl Session<'_> {
-    fn serve(&mut self) -> End {
+    fn serve(&mut self, attached: &Attached<'_>) -> End {
         if let Err(error) = self
             .link
             .enter_session(self.services.config.max_message_bytes)
@@ -110,9 +124,10 @@ impl Session<'_> {
             return End::Link(error);
         }
         let mut readable = true;
-        // The waker is reset only after `poll` saw it readable (and on the
-        // first turn): that keeps the no-lost-wake order of `Waker::reset`
-        // and saves its read system call on the other turns of a busy loop.
+        // The waker is reset only after `ppoll` reported it (and on the
+        // first turn): reset → drain → wait is the no-lost-wake order of
+        // `Waker`; a turn for another reason drains the outbox anyway, and
+        // the wake's signal stays pending for the next wait.
         let mut woken = true;
         loop {
             if woken {
@@ -143,7 +158,7 @@ impl Session<'_> {
             if self.rate_close {
                 return End::Link(LinkError::violation(1008, messages::RATE_LIMITED));
             }
-            // With TLS, a write may have read input into rustls, where poll
+            // With TLS, a write may have read input into rustls, where ppoll
             // cannot see it: never sleep while decrypted input waits.
             let more_to_read = more_to_read || self.link.has_buffered_input();
             let timeout = if more_to_read || more_to_write {
@@ -155,10 +170,7 @@ impl Session<'_> {
                     .map_or(liveness_deadline, |channel| channel.min(liveness_deadline));
                 Some(deadline.saturating_duration_since(Instant::now()))
             };
-            match self
-                .link
-                .wait(self.write_blocked, self.outbox.waker(), timeout)
-            {
+            match self.link.wait(self.write_blocked, attached, timeout) {
                 Ok(ready) => {
                     woken = ready.woken;
                     readable = ready.readable || more_to_read;
