@@ -9,11 +9,12 @@
 //! nothing is written back.
 //!
 //! Only a *plain* payload takes that path ([`is_plain_object`]): an object
-//! of strings without escapes, `true`, `false`, `null`, arrays and objects,
-//! unique keys, no whitespace between tokens and no numbers. For such a
+//! of strings without escapes, non-negative integers of up to 19 digits,
+//! `true`, `false`, `null`, arrays and objects, with unique keys and no
+//! whitespace between tokens. For such a
 //! text the general path (parse into a `serde_json::Value`, write it back
 //! compactly) gives the same text except that it sorts each object's keys;
-//! the fast path keeps the sender's order. Everything else (escapes,
+//! the fast path keeps the sender's order. Everything else (escapes, other
 //! numbers, whitespace, a repeated key, deep nesting, a field the command
 //! does not have, a missing or mistyped field) is left to the general path
 //! in [`super::parse_command`], which accepts and refuses exactly what it
@@ -29,6 +30,10 @@ use super::{ChatCommand, RelayKind};
 /// Deepest nesting of a payload taken on the fast path (the general path,
 /// with serde_json's recursion limit, decides about deeper ones).
 const MAX_PLAIN_DEPTH: usize = 32;
+
+/// Most digits of an integer on the fast path: any 19 digits fit in a
+/// `u64`, which serde_json writes back as the same digits.
+const MAX_PLAIN_DIGITS: usize = 19;
 
 /// Most keys open at once (in the objects enclosing a point of the text)
 /// on the fast path.
@@ -169,9 +174,20 @@ pub fn is_plain_object(text: &str) -> bool {
                 keys.close(depth);
                 depth = depth.saturating_sub(1);
             }
+            b'0'..=b'9' => {
+                let digits = 1 + bytes[at..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                at += digits - 1;
+                // No fraction or exponent (JSON allows no leading zeros).
+                if digits > MAX_PLAIN_DIGITS || matches!(bytes.get(at), Some(b'.' | b'e' | b'E')) {
+                    return false;
+                }
+            }
             // Separators, and the letters of true, false and null.
             b',' | b':' | b't' | b'r' | b'u' | b'e' | b'f' | b'a' | b'l' | b's' | b'n' => {}
-            // Numbers and whitespace.
+            // Negative numbers and whitespace.
             _ => return false,
         }
     }
@@ -264,6 +280,7 @@ mod tests {
             r#"{"type":"E2E_HANDSHAKE","to":"Zoë","payload":{"subType":"INIT","public_key":"k","salt":"s"}}"#,
             r#"{"type":"E2E_MSG","to":"bob","payload":{"z":["é✓😀",[],{}],"a":{"b":{"c":[true,false,null]}},"":""}}"#,
             r#"{"type":"E2E_MSG","to":"bob","payload":{"x":[{"k":"1"},{"k":"2"}],"k":"3"}}"#,
+            r#"{"type":"E2E_MSG","to":"bob","payload":{"ts":1764489600123456,"seq":0,"n":[9999999999999999999,7]}}"#,
         ];
         for text in texts {
             let command = fast(text).unwrap_or_else(|| panic!("fast path: {text}"));
@@ -333,6 +350,22 @@ mod tests {
             ),
             (
                 r#"{"type":"E2E_MSG","to":"bob","payload":{"n":-0.50}}"#,
+                Some(Ok(())),
+            ),
+            (
+                r#"{"type":"E2E_MSG","to":"bob","payload":{"n":-1}}"#,
+                Some(Ok(())),
+            ),
+            (
+                r#"{"type":"E2E_MSG","to":"bob","payload":{"n":[10.5]}}"#,
+                Some(Ok(())),
+            ),
+            (
+                r#"{"type":"E2E_MSG","to":"bob","payload":{"n":2e3}}"#,
+                Some(Ok(())),
+            ),
+            (
+                r#"{"type":"E2E_MSG","to":"bob","payload":{"n":12345678901234567890}}"#,
                 Some(Ok(())),
             ),
             // Whitespace, repeated keys.
@@ -417,7 +450,13 @@ mod tests {
         assert!(!is_plain_object(r#"{"a":{"b":"1"},"a":"2"}"#));
         assert!(!is_plain_object(r#"{"a":{"b":"1","b":"2"}}"#));
         assert!(!is_plain_object(r#"["a"]"#));
-        assert!(!is_plain_object(r#"{"a":1}"#));
+        assert!(is_plain_object(
+            r#"{"a":1,"b":[0,10],"c":9999999999999999999}"#
+        ));
+        assert!(!is_plain_object(r#"{"a":1.0}"#));
+        assert!(!is_plain_object(r#"{"a":1E2}"#));
+        assert!(!is_plain_object(r#"{"a":-1}"#));
+        assert!(!is_plain_object(r#"{"a":10000000000000000000}"#));
         assert!(!is_plain_object(r#"{"a":"\n"}"#));
         assert!(!is_plain_object("{\"a\":\n\"b\"}"));
         let many: Vec<String> = (0..=MAX_PLAIN_KEYS)
