@@ -155,7 +155,9 @@ pub fn is_plain_object(text: &str) -> bool {
         at += 1;
         match byte {
             b'"' => {
-                let Some(length) = bytes[at..].iter().position(|&b| b == b'"') else {
+                // Strings hold no backslash: the next quote ends this one
+                // (`at` follows an ASCII quote: a character boundary).
+                let Some(length) = text.get(at..).and_then(|rest| rest.find('"')) else {
                     return false;
                 };
                 let string = &bytes[at..at + length];
