@@ -3,7 +3,9 @@
 //! back. Parsing never panics: a malformed command is a [`CommandError`] value.
 //!
 //! This module knows nothing of sockets, threads or crypto; the channel hands
-//! it a decrypted JSON object and takes back plain JSON text to seal.
+//! it a decrypted text (relays and typing notices, [`parse_routed`]) or JSON
+//! object ([`parse_command`]) and takes back plain JSON text to seal. A
+//! relayed payload travels as its JSON text ([`Payload`]).
 
 use serde_json::{json, Map, Value};
 
