@@ -10,7 +10,7 @@
 use serde_json::{json, Map, Value};
 
 mod payload;
-pub use payload::{is_plain_object, parse_routed, Payload};
+pub use payload::{parse_routed, Payload};
 
 /// A decrypted command object, as the secure channel yields it.
 pub type Object = Map<String, Value>;

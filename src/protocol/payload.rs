@@ -142,8 +142,8 @@ fn range_within(whole: &str, part: &str) -> Option<Range<usize>> {
 
 /// Whether `text`, valid JSON (serde_json checked it), is a plain object:
 /// see the module docs. Bounded work: one pass, at most
-/// [`MAX_PLAIN_KEYS`] keys compared per key.
-pub fn is_plain_object(text: &str) -> bool {
+/// `MAX_PLAIN_KEYS` keys compared per key.
+fn is_plain_object(text: &str) -> bool {
     let bytes = text.as_bytes();
     if bytes.first() != Some(&b'{') || bytes.contains(&b'\\') {
         return false;
