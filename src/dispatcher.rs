@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
-use serde_json::Value;
 
 use crate::monitoring::Metrics;
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
 use crate::presence::{fold, Presence};
-use crate::protocol::{carries_peer_signature, messages, RelayKind};
+use crate::protocol::{carries_peer_signature, messages, Payload, RelayKind};
 
 /// How long the dispatcher, once shut down, keeps answering the `Closed`
 /// envelopes of the connections it asked to close.
@@ -97,7 +96,7 @@ pub enum SessionCommand {
     Relay {
         kind: RelayKind,
         to: String,
-        payload: Value,
+        payload: Payload,
     },
     Typing {
         to: String,
@@ -460,7 +459,14 @@ impl Dispatcher {
             .filter(|session| session.conn == conn)
     }
 
-    fn relay(&mut self, sender: ConnId, from: Arc<str>, kind: RelayKind, to: &str, payload: Value) {
+    fn relay(
+        &mut self,
+        sender: ConnId,
+        from: Arc<str>,
+        kind: RelayKind,
+        to: &str,
+        payload: Payload,
+    ) {
         let key = fold(to);
         if self.sessions.contains_key(&key) {
             self.settings.metrics.messages_routed.inc();
@@ -713,7 +719,7 @@ mod tests {
                 SessionCommand::Relay {
                     kind: RelayKind::Message,
                     to: to.into(),
-                    payload: json!({ "n": n }),
+                    payload: Payload::from_value(&json!({ "n": n })),
                 },
             );
         }
@@ -731,7 +737,7 @@ mod tests {
         Outgoing::Relay {
             kind: RelayKind::Message,
             from: Arc::from(from),
-            payload: json!({ "n": n }),
+            payload: Payload::from_value(&json!({ "n": n })),
         }
     }
 
@@ -772,7 +778,7 @@ mod tests {
             SessionCommand::Relay {
                 kind: RelayKind::Handshake,
                 to: "bob".into(),
-                payload: json!({}),
+                payload: Payload::from_value(&json!({})),
             },
         );
         assert_eq!(
@@ -780,7 +786,7 @@ mod tests {
             vec![
                 Outgoing::StoreOffline {
                     to: Arc::from("Bob"),
-                    payload: json!({ "n": 7 })
+                    payload: Payload::from_value(&json!({ "n": 7 }))
                 },
                 Outgoing::Error(messages::USER_NOT_FOUND),
                 Outgoing::Error(messages::RECIPIENT_OFFLINE),
@@ -837,7 +843,7 @@ mod tests {
             SessionCommand::Relay {
                 kind: RelayKind::Auth,
                 to: "bob".into(),
-                payload: json!({"step": "RESPONSE_B", "payload": {}}),
+                payload: Payload::from_value(&json!({"step": "RESPONSE_B", "payload": {}})),
             },
         );
         let (_, outcome) = h.try_login(3, "ana", 8, Some(issued));
@@ -895,7 +901,7 @@ mod tests {
             .map(|item| match item {
                 Outgoing::StoreOffline { to, payload } => {
                     assert_eq!(&*to, "bob");
-                    payload["n"].as_i64().unwrap()
+                    payload.to_value().unwrap()["n"].as_i64().unwrap()
                 }
                 other => panic!("unexpected {other:?}"),
             })
@@ -916,7 +922,7 @@ mod tests {
             ana.drain(),
             vec![Outgoing::StoreOffline {
                 to: Arc::from("bob"),
-                payload: json!({ "n": 3 })
+                payload: Payload::from_value(&json!({ "n": 3 }))
             }]
         );
     }

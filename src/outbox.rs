@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
-use serde_json::Value;
 
-use crate::protocol::RelayKind;
+use crate::protocol::{Payload, RelayKind};
 use crate::waker::Waker;
 
 /// One item the dispatcher hands to a connection thread.
@@ -23,7 +22,7 @@ pub enum Outgoing {
     Relay {
         kind: RelayKind,
         from: Arc<str>,
-        payload: Value,
+        payload: Payload,
     },
     /// A typing notice from `from`.
     Typing { from: Arc<str>, is_typing: bool },
@@ -31,7 +30,7 @@ pub enum Outgoing {
     Error(&'static str),
     /// This connection's user sent an `E2E_MSG` to `to`, who is offline: the
     /// connection thread stores it (the dispatcher never touches the store).
-    StoreOffline { to: Arc<str>, payload: Value },
+    StoreOffline { to: Arc<str>, payload: Payload },
 }
 
 impl Outgoing {
@@ -249,7 +248,7 @@ mod tests {
         Outgoing::Relay {
             kind: RelayKind::Message,
             from: Arc::from("ana"),
-            payload: Value::from(n),
+            payload: Payload::from_value(&n.into()),
         }
     }
 
@@ -276,7 +275,7 @@ mod tests {
         outbox.push(message(1)).unwrap();
         let store = |n: i64| Outgoing::StoreOffline {
             to: Arc::from("bob"),
-            payload: Value::from(n),
+            payload: Payload::from_value(&n.into()),
         };
         for n in 0..3 {
             outbox.push_store(store(n));

@@ -3,9 +3,14 @@
 //! back. Parsing never panics: a malformed command is a [`CommandError`] value.
 //!
 //! This module knows nothing of sockets, threads or crypto; the channel hands
-//! it a decrypted JSON object and takes back plain JSON text to seal.
+//! it a decrypted text (relays and typing notices, [`parse_routed`]) or JSON
+//! object ([`parse_command`]) and takes back plain JSON text to seal. A
+//! relayed payload travels as its JSON text ([`Payload`]).
 
 use serde_json::{json, Map, Value};
+
+mod payload;
+pub use payload::{parse_routed, Payload};
 
 /// A decrypted command object, as the secure channel yields it.
 pub type Object = Map<String, Value>;
@@ -70,7 +75,7 @@ pub enum ChatCommand {
     Relay {
         kind: RelayKind,
         to: String,
-        payload: Value,
+        payload: Payload,
     },
     RequestOfflineMessages,
     GetPublicKey {
@@ -145,9 +150,8 @@ pub fn parse_command(object: &Object) -> Result<Command, CommandError> {
     Ok(command)
 }
 
-/// As [`parse_command`], taking the object: a relayed payload is moved out
-/// of it instead of copied (the routing path; the payload is the bulk of
-/// the message).
+/// As [`parse_command`], taking the object (the general path of a routed
+/// command; most take the fast path of [`parse_routed`]).
 pub fn parse_command_owned(mut object: Object) -> Result<Command, CommandError> {
     let relay = object
         .get("type")
@@ -157,20 +161,22 @@ pub fn parse_command_owned(mut object: Object) -> Result<Command, CommandError> 
         return parse_command(&object);
     };
     let to = text(&object, "to")?;
-    let payload = relay_payload(object.remove("payload"))?;
+    let payload = relay_payload(object.remove("payload").as_ref())?;
     Ok(Command::Chat(ChatCommand::Relay { kind, to, payload }))
 }
 
 fn parse_relay(kind: RelayKind, object: &Object) -> Result<ChatCommand, CommandError> {
     let to = text(object, "to")?;
-    let payload = relay_payload(object.get("payload").filter(|p| p.is_object()).cloned())?;
+    let payload = relay_payload(object.get("payload"))?;
     Ok(ChatCommand::Relay { kind, to, payload })
 }
 
-/// A relayed payload must be a JSON object.
-fn relay_payload(payload: Option<Value>) -> Result<Value, CommandError> {
+/// A relayed payload must be a JSON object; it is relayed as its compact
+/// text.
+fn relay_payload(payload: Option<&Value>) -> Result<Payload, CommandError> {
     payload
-        .filter(Value::is_object)
+        .filter(|payload| payload.is_object())
+        .map(Payload::from_value)
         .ok_or(CommandError::PayloadNotObject)
 }
 
@@ -185,12 +191,15 @@ fn optional_text(object: &Object, field: &str) -> Option<String> {
 /// The `step` of an `E2E_AUTH` payload, which travels outside the peer
 /// encryption. Steps that carry a signature of a peer-chosen nonce void the
 /// sender's pending login challenges (PROTOCOL.md section 3, signature oracle).
-pub fn carries_peer_signature(kind: RelayKind, payload: &Value) -> bool {
+/// (Only `E2E_AUTH` payloads, three per peer session, are parsed for it.)
+pub fn carries_peer_signature(kind: RelayKind, payload: &Payload) -> bool {
     kind == RelayKind::Auth
-        && matches!(
-            payload.get("step").and_then(Value::as_str),
-            Some("RESPONSE_A_CHALLENGE_B" | "RESPONSE_B")
-        )
+        && payload.to_value().is_some_and(|payload| {
+            matches!(
+                payload.get("step").and_then(Value::as_str),
+                Some("RESPONSE_A_CHALLENGE_B" | "RESPONSE_B")
+            )
+        })
 }
 
 /// `auth_response` status strings the mobile client compares against.
@@ -218,25 +227,32 @@ pub fn login_challenge(nonce_b64: &str) -> String {
 
 /// `{"type":T,"from":sender,"payload":payload}` for a relayed or stored message.
 ///
-/// Serialised straight from the borrowed payload (no copy of its tree), with
-/// the keys in the order `json!` gives them (sorted): the same bytes.
-pub fn relay(kind: RelayKind, from: &str, payload: &Value) -> String {
-    #[derive(serde::Serialize)]
-    struct Relay<'a> {
-        from: &'a str,
-        payload: &'a Value,
-        #[serde(rename = "type")]
-        kind: &'a str,
+/// Written into one buffer, the payload's text copied as it is, with the
+/// keys in the order `json!` gives them (sorted): the bytes `json!` gives
+/// for the same payload text.
+pub fn relay(kind: RelayKind, from: &str, payload: &Payload) -> String {
+    let payload = payload.as_str();
+    let mut out = String::with_capacity(payload.len() + from.len() + 48);
+    out.push_str(r#"{"from":"#);
+    push_json_string(&mut out, from);
+    out.push_str(r#","payload":"#);
+    out.push_str(payload);
+    out.push_str(r#","type":""#);
+    out.push_str(kind.as_str());
+    out.push_str("\"}");
+    out
+}
+
+/// Appends `text` as a JSON string literal, escaped as serde_json does
+/// (only quotes, backslashes and control characters need it).
+fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&json_string(text));
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
     }
-    let relay = Relay {
-        from,
-        payload,
-        kind: kind.as_str(),
-    };
-    serde_json::to_string(&relay).unwrap_or_else(|_| {
-        // Unreachable: a string-keyed tree and two strings always serialise.
-        json!({ "type": kind.as_str(), "from": from, "payload": payload }).to_string()
-    })
 }
 
 /// `{"type":"TYPING_STATUS_UPDATE","from":sender,"isTyping":bool}`.
@@ -357,9 +373,11 @@ mod tests {
     fn relay_text_is_what_json_gives() {
         let payload = json!({"z": [1, "two", null], "a": {"nested": "\"quoted\" \u{e9}"}});
         for kind in [RelayKind::Handshake, RelayKind::Auth, RelayKind::Message] {
-            let expected =
-                json!({ "type": kind.as_str(), "from": "Ana", "payload": payload }).to_string();
-            assert_eq!(relay(kind, "Ana", &payload), expected);
+            for from in ["Ana", "b\"o\\b\u{1}", "Zo\u{eb}"] {
+                let expected =
+                    json!({ "type": kind.as_str(), "from": from, "payload": payload }).to_string();
+                assert_eq!(relay(kind, from, &Payload::from_value(&payload)), expected);
+            }
         }
     }
 
@@ -446,7 +464,7 @@ mod tests {
 
     #[test]
     fn only_signature_steps_void_challenges() {
-        let step = |name: &str| json!({"step": name, "payload": {}});
+        let step = |name: &str| Payload::from_value(&json!({"step": name, "payload": {}}));
         assert!(carries_peer_signature(
             RelayKind::Auth,
             &step("RESPONSE_A_CHALLENGE_B")

@@ -48,8 +48,17 @@ pub(crate) fn is_immediate(object: &Object) -> bool {
 
 /// A decrypted plaintext must be UTF-8 JSON: an object with a string "type".
 pub(crate) fn parse_command(plaintext: Vec<u8>) -> Result<Object, ChannelError> {
-    let text = String::from_utf8(plaintext).map_err(|_| ChannelError::NotUtf8)?;
-    match serde_json::from_str(&text) {
+    command_object(&plaintext_text(plaintext)?)
+}
+
+/// The decrypted plaintext as text; it must be UTF-8.
+pub(crate) fn plaintext_text(plaintext: Vec<u8>) -> Result<String, ChannelError> {
+    String::from_utf8(plaintext).map_err(|_| ChannelError::NotUtf8)
+}
+
+/// A decrypted text must be JSON: an object with a string "type".
+pub(crate) fn command_object(text: &str) -> Result<Object, ChannelError> {
+    match serde_json::from_str(text) {
         Ok(Value::Object(object)) if message_type(&object).is_some() => Ok(object),
         _ => Err(ChannelError::BadPlaintext),
     }

@@ -9,6 +9,7 @@ use super::messages::{self, decode_field, is_immediate, message_type, Object, Of
 use super::renewal::{deadline_after, RenewalPolicy, Schedule};
 use super::ChannelError;
 use crate::crypto::KeyPair;
+use crate::protocol::{self, ChatCommand};
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
@@ -53,6 +54,8 @@ impl SeenTags {
 pub enum Inbound {
     /// A command for the command layer.
     Command(Object),
+    /// A relay or typing notice, already parsed ([`protocol::parse_routed`]).
+    Routed(ChatCommand),
     /// A renegotiation message handled by the channel; `Some` is a sealed
     /// frame to send at once (even while output is held).
     Control(Option<String>),
@@ -126,7 +129,14 @@ impl ServerChannel {
         if awaiting && slot == Slot::Newest {
             self.hold_until = None;
         }
-        let command = messages::parse_command(plaintext)?;
+        let text = messages::plaintext_text(plaintext)?;
+        // Relays and typing notices (the bulk of the traffic) are
+        // recognised without a JSON tree; they are never channel messages.
+        let text = match protocol::parse_routed(text) {
+            Ok(command) => return Ok(Inbound::Routed(command)),
+            Err(text) => text,
+        };
+        let command = messages::command_object(&text)?;
         match message_type(&command) {
             Some(messages::RENEGOTIATE_INIT) => self.answer_init(&command, slot, now),
             Some(messages::RENEGOTIATE_RESPONSE) => self.accept_response(&command, slot, now),

@@ -22,7 +22,7 @@ use crate::dispatcher::{ConnId, Envelope, LoginOutcome, LoginRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::password::Verification;
 use crate::presence::fold;
-use crate::protocol::{self, messages, status, AuthCommand, Command};
+use crate::protocol::{self, messages, status, AuthCommand, Command, CommandError};
 use crate::store::{StoreError, UserRecord};
 
 /// Auth commands one connection may send; the next one is refused and closed.
@@ -80,8 +80,9 @@ pub fn authenticate(
     };
     let mut commands = 0;
     loop {
-        let object = match auth.link.read() {
-            Ok(Some(Inbound::Command(object))) => object,
+        let parsed = match auth.link.read() {
+            Ok(Some(Inbound::Command(object))) => protocol::parse_command(&object),
+            Ok(Some(Inbound::Routed(command))) => Ok(Command::Chat(command)),
             Ok(Some(Inbound::Control(reply))) => {
                 if let Some(frame) = reply {
                     auth.link.send_sealed_now(frame)?;
@@ -97,7 +98,7 @@ pub fn authenticate(
             auth.answer(status::SERVER_ERROR, Some(messages::TOO_MANY_AUTH_COMMANDS))?;
             return Ok(None);
         }
-        match auth.handle(&object)? {
+        match auth.handle(parsed)? {
             Step::Continue => auth.link.set_deadline(Some(Instant::now() + timeout)),
             Step::Failed => return Ok(None),
             Step::LoggedIn(login) => return Ok(Some(login)),
@@ -116,9 +117,9 @@ struct Authenticator<'a> {
 }
 
 impl Authenticator<'_> {
-    fn handle(&mut self, object: &protocol::Object) -> Result<Step, LinkError> {
+    fn handle(&mut self, parsed: Result<Command, CommandError>) -> Result<Step, LinkError> {
         self.kind = "other";
-        match protocol::parse_command(object) {
+        match parsed {
             Ok(Command::Auth(command)) => self.command(command),
             Ok(Command::Chat(_) | Command::Unknown(_)) => {
                 self.answer(status::SERVER_ERROR, Some(messages::LOGIN_REQUIRED))?;

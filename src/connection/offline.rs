@@ -14,7 +14,7 @@ use log::warn;
 use serde_json::Value;
 
 use crate::presence::fold;
-use crate::protocol::{self, RelayKind};
+use crate::protocol::{self, Payload, RelayKind};
 use crate::store::{OfflineMessage, Store};
 
 /// Messages fetched per store round trip.
@@ -178,7 +178,11 @@ impl OfflineDelivery {
 fn offline_frame_text(message: &OfflineMessage) -> String {
     let payload = serde_json::from_str::<Value>(&message.payload)
         .unwrap_or_else(|_| Value::String(message.payload.clone()));
-    protocol::relay(RelayKind::Message, &message.sender, &payload)
+    protocol::relay(
+        RelayKind::Message,
+        &message.sender,
+        &Payload::from_value(&payload),
+    )
 }
 
 #[cfg(test)]

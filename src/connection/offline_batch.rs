@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use log::{info, warn};
-use serde_json::Value;
 
 use crate::presence::fold;
-use crate::protocol::messages;
+use crate::protocol::{messages, Payload};
 use crate::quota::MailboxQuota;
 use crate::store::{NewOffline, Store, StoreError};
 
@@ -53,7 +52,7 @@ impl OfflineBatch {
         &mut self,
         sender: &str,
         recipient: Arc<str>,
-        payload: &Value,
+        payload: Payload,
         store: &dyn Store,
         quota: &MailboxQuota,
     ) -> Result<(), &'static str> {
@@ -69,7 +68,7 @@ impl OfflineBatch {
             Ok(true) => {
                 self.pending.push(Pending {
                     recipient,
-                    payload: payload.to_string(),
+                    payload: payload.into_string(),
                 });
                 Ok(())
             }
@@ -166,12 +165,16 @@ pub fn distinct_recipients<'a>(names: impl Iterator<Item = &'a Arc<str>>) -> Vec
 mod tests {
     use super::*;
     use crate::store::SqliteStore;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn payload(value: Value) -> Payload {
+        Payload::from_value(&value)
+    }
 
     fn push_n(batch: &mut OfflineBatch, n: usize, to: &str, store: &dyn Store, q: &MailboxQuota) {
         for i in 0..n {
-            let payload = json!({ "seq": i, "to": to });
-            batch.push("ana", to.into(), &payload, store, q).unwrap();
+            let payload = payload(json!({ "seq": i, "to": to }));
+            batch.push("ana", to.into(), payload, store, q).unwrap();
         }
     }
 
@@ -206,12 +209,12 @@ mod tests {
         let quota = MailboxQuota::new(4);
         let mut batch = OfflineBatch::default();
         push_n(&mut batch, 3, "bob", &store, &quota);
-        let refused = batch.push("ana", "BOB".into(), &json!({}), &store, &quota);
+        let refused = batch.push("ana", "BOB".into(), payload(json!({})), &store, &quota);
         assert_eq!(refused, Err(messages::MAILBOX_FULL));
         // The cached count is forgotten (as after a delivery): the fresh
         // count must still see the three uncommitted messages.
         quota.forget("bob");
-        let refused = batch.push("ana", "bob".into(), &json!({}), &store, &quota);
+        let refused = batch.push("ana", "bob".into(), payload(json!({})), &store, &quota);
         assert_eq!(refused, Err(messages::MAILBOX_FULL));
         assert!(batch.commit("ana", &store, &quota).is_empty());
         assert_eq!(store.count_offline("bob").unwrap(), 4);
@@ -223,9 +226,9 @@ mod tests {
         let quota = MailboxQuota::new(3);
         let mut batch = OfflineBatch::default();
         push_n(&mut batch, 1, "bob", &store, &quota);
-        let huge = json!({ "pad": "x".repeat(16 << 20) });
+        let huge = payload(json!({ "pad": "x".repeat(16 << 20) }));
         batch
-            .push("ana", "bob".into(), &huge, &store, &quota)
+            .push("ana", "bob".into(), huge, &store, &quota)
             .unwrap();
         push_n(&mut batch, 1, "bob", &store, &quota);
         let notices = batch.commit("ana", &store, &quota);

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{info, warn};
-use serde_json::Value;
 
 use super::auth::LoggedIn;
 use super::link::{Link, LinkError};
@@ -29,7 +28,7 @@ use super::Services;
 use crate::channel::Inbound;
 use crate::dispatcher::{ConnId, Envelope, SessionCommand};
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
-use crate::protocol::{self, messages, ChatCommand, Command, RelayKind};
+use crate::protocol::{self, messages, ChatCommand, Command, CommandError, Payload, RelayKind};
 use crate::rate::{CommandRate, Verdict};
 use crate::store::NewOffline;
 use crate::waker::Attached;
@@ -218,7 +217,14 @@ impl Session<'_> {
         for _ in 0..READ_BUDGET {
             match self.link.read() {
                 Ok(Some(Inbound::Command(object))) => {
-                    self.command(object)?;
+                    self.command(protocol::parse_command_owned(object))?;
+                    if self.rate_close {
+                        // Write the notice, then close (in `serve`).
+                        return Ok(false);
+                    }
+                }
+                Ok(Some(Inbound::Routed(command))) => {
+                    self.command(Ok(Command::Chat(command)))?;
                     if self.rate_close {
                         // Write the notice, then close (in `serve`).
                         return Ok(false);
@@ -238,8 +244,7 @@ impl Session<'_> {
         Ok(true)
     }
 
-    fn command(&mut self, object: protocol::Object) -> Result<(), LinkError> {
-        let parsed = protocol::parse_command_owned(object);
+    fn command(&mut self, parsed: Result<Command, CommandError>) -> Result<(), LinkError> {
         let typing = matches!(parsed, Ok(Command::Chat(ChatCommand::Typing { .. })));
         match self.rate.check(typing, Instant::now()) {
             Verdict::Allow => {}
@@ -440,7 +445,7 @@ impl Session<'_> {
             };
             match item {
                 Outgoing::StoreOffline { to, payload } => {
-                    self.add_to_batch(&mut batch, to, &payload)
+                    self.add_to_batch(&mut batch, to, payload)
                 }
                 item => self.staged.push_back(Staged::Item(item)),
             }
@@ -450,13 +455,13 @@ impl Session<'_> {
         // pushed after a store it had already looked for).
         while let Some(item) = self.outbox.next_store() {
             if let Outgoing::StoreOffline { to, payload } = item {
-                self.add_to_batch(&mut batch, to, &payload);
+                self.add_to_batch(&mut batch, to, payload);
             }
         }
         self.commit_offline(&mut batch);
     }
 
-    fn add_to_batch(&mut self, batch: &mut OfflineBatch, to: Arc<str>, payload: &Value) {
+    fn add_to_batch(&mut self, batch: &mut OfflineBatch, to: Arc<str>, payload: Payload) {
         let services = self.services;
         let store = services.store.as_ref();
         if let Err(notice) = batch.push(&self.user, to, payload, store, &services.mailboxes) {
@@ -551,9 +556,9 @@ impl Session<'_> {
                     kind: RelayKind::Message,
                     from,
                     payload,
-                } => rows.push((from, self.user.clone(), payload.to_string())),
+                } => rows.push((from, self.user.clone(), payload.into_string())),
                 Outgoing::StoreOffline { to, payload } => {
-                    rows.push((self.user.clone(), to, payload.to_string()))
+                    rows.push((self.user.clone(), to, payload.into_string()))
                 }
                 Outgoing::Error(message) => notices.push(protocol::error(message)),
                 Outgoing::Relay { .. } | Outgoing::Typing { .. } => {}
