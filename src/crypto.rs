@@ -6,6 +6,7 @@
 //! Key material never appears in `Debug` output, and symmetric keys are wiped
 //! when dropped.
 
+use aes::cipher::inout::InOutBuf;
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -27,8 +28,6 @@ type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 pub const KEY_LEN: usize = 32;
 /// Length of an AES-CBC initialisation vector.
 pub const IV_LEN: usize = 16;
-/// AES block size in bytes.
-const BLOCK_LEN: usize = 16;
 
 /// Errors from the primitives. None of them carries key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
@@ -165,10 +164,11 @@ impl SymmetricKeys {
         let mut piece = [0u8; PIECE];
         let whole = plaintext.len() - plaintext.len() % PIECE;
         for chunk in plaintext[..whole].chunks_exact(PIECE) {
-            piece.copy_from_slice(chunk);
-            for block in piece.chunks_exact_mut(BLOCK_LEN) {
-                cipher.encrypt_block_mut(block.into());
-            }
+            // From the plaintext straight into the piece, a piece at once.
+            let (blocks, _) = InOutBuf::new(chunk, &mut piece)
+                .expect("a chunk and a piece have the same length")
+                .into_chunks();
+            cipher.encrypt_blocks_inout_mut(blocks);
             mac.update(&piece);
             sink(&piece);
         }
