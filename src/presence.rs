@@ -232,17 +232,23 @@ mod tests {
         assert_eq!(&**presence.registered("zed").unwrap(), "Zed");
     }
 
+    /// `users` registered users, all online.
+    fn everyone_online(users: usize, base_window: Duration, budget: u64) -> Presence {
+        let names: Vec<String> = (0..users).map(|n| format!("user{n}")).collect();
+        let mut presence = Presence::new(names.clone(), base_window, budget);
+        let now = Instant::now();
+        for name in &names {
+            presence.set_online(name, true, now);
+        }
+        presence
+    }
+
     #[test]
     fn the_budget_counts_sealed_bytes() {
         // 45,048 plain bytes: 45,056 of ciphertext, 60,076 in base64.
         assert_eq!(sealed_frame_bytes(45_048), 60_076 + 160);
         assert_eq!(sealed_frame_bytes(0), 24 + 160);
-        let names: Vec<String> = (0..1000).map(|n| format!("user{n}")).collect();
-        let mut presence = Presence::new(names.clone(), Duration::from_millis(1), 100_000_000);
-        let now = Instant::now();
-        for name in &names {
-            presence.set_online(name, true, now);
-        }
+        let presence = everyone_online(1000, Duration::from_millis(1), 100_000_000);
         // 1,000 online x ~60 KB sealed at 100 MB/s: 0.6 s between broadcasts.
         let window = presence.window();
         assert!(window > Duration::from_millis(590), "{window:?}");
@@ -251,12 +257,7 @@ mod tests {
 
     #[test]
     fn window_grows_with_online_users_within_the_cap() {
-        let names: Vec<String> = (0..2000).map(|n| format!("user{n}")).collect();
-        let mut presence = Presence::new(names.clone(), Duration::from_millis(100), 1_000_000);
-        let now = Instant::now();
-        for name in &names {
-            presence.set_online(name, true, now);
-        }
+        let presence = everyone_online(2000, Duration::from_millis(100), 1_000_000);
         let window = presence.window();
         assert!(window > Duration::from_millis(100), "{window:?}");
         assert!(window <= MAX_WINDOW);

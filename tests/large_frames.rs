@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use chat_server::client::Client;
 use common::{user, Backend, TestServer, WAIT};
 use serde_json::{json, Value};
 
@@ -19,7 +20,7 @@ fn big_payload(tag: &str) -> Value {
 }
 
 /// Reads raw commands until an `E2E_MSG` comes; returns its payload.
-fn next_message(client: &mut chat_server::client::Client) -> Value {
+fn next_message(client: &mut Client) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline {
         let cmd = client
@@ -35,6 +36,13 @@ fn next_message(client: &mut chat_server::client::Client) -> Value {
     panic!("no E2E_MSG within {WAIT:?}");
 }
 
+/// Sends an `E2E_MSG` with `payload` to `to`.
+fn send_message(from: &mut Client, to: &str, payload: &Value) {
+    from.connection()
+        .send(&json!({"type": "E2E_MSG", "to": to, "payload": payload}))
+        .expect("send");
+}
+
 fn a_large_message_arrives_whole_online_and_offline(backend: Backend) {
     let Some(server) = TestServer::start(backend) else {
         return;
@@ -43,23 +51,15 @@ fn a_large_message_arrives_whole_online_and_offline(backend: Backend) {
     let (mut bob, bob_id) = user(&server, "bob");
     alice.wait_user_online("bob", WAIT).expect("bob online");
     let online = big_payload("online");
-    alice
-        .connection()
-        .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": online}))
-        .expect("send");
+    send_message(&mut alice, "bob", &online);
     assert_eq!(next_message(&mut bob), online);
     // The link still carries small frames both ways.
-    bob.connection()
-        .send(&json!({"type": "E2E_MSG", "to": "alice", "payload": {"small": 1}}))
-        .expect("send");
+    send_message(&mut bob, "alice", &json!({"small": 1}));
     assert_eq!(next_message(&mut alice), json!({"small": 1}));
     bob.close();
     alice.wait_user_offline("bob", WAIT).expect("bob offline");
     let stored = big_payload("stored");
-    alice
-        .connection()
-        .send(&json!({"type": "E2E_MSG", "to": "bob", "payload": stored}))
-        .expect("send");
+    send_message(&mut alice, "bob", &stored);
     let mut bob = common::login(&server, "bob", &bob_id);
     assert_eq!(next_message(&mut bob), stored);
     common::assert_server_works(&server);

@@ -87,7 +87,7 @@ impl Frame {
     pub fn to_json(&self) -> String {
         let mut json = String::with_capacity(json_capacity(self.ciphertext.len()));
         write_json(&mut json, &self.iv, |json| {
-            b64_encode_into(&self.ciphertext, json);
+            json.push_base64(&self.ciphertext);
             &self.tag
         });
         json
@@ -111,11 +111,17 @@ impl Frame {
 /// Somewhere a frame's JSON text is written to, in order.
 trait TextSink {
     fn push(&mut self, text: &str);
+    /// Appends `bytes` in padded url-safe base64.
+    fn push_base64(&mut self, bytes: &[u8]);
 }
 
 impl TextSink for String {
     fn push(&mut self, text: &str) {
         self.push_str(text);
+    }
+
+    fn push_base64(&mut self, bytes: &[u8]) {
+        b64_encode_into(bytes, self);
     }
 }
 
@@ -126,6 +132,8 @@ struct Pieces {
     max: usize,
     done: Vec<Vec<u8>>,
     current: Vec<u8>,
+    /// Base64 of one ciphertext piece before it is cut (reused).
+    encoded: String,
 }
 
 impl Pieces {
@@ -135,6 +143,7 @@ impl Pieces {
             max,
             done: Vec::new(),
             current: Vec::with_capacity(max),
+            encoded: String::new(),
         }
     }
 
@@ -161,6 +170,14 @@ impl TextSink for Pieces {
             self.done.push(full);
         }
     }
+
+    fn push_base64(&mut self, bytes: &[u8]) {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        b64_encode_into(bytes, &mut encoded);
+        self.push(&encoded);
+        self.encoded = encoded;
+    }
 }
 
 /// Room for a frame's JSON text around a ciphertext of `ciphertext_len`.
@@ -177,13 +194,8 @@ fn write_sealed(
     iv: &[u8; IV_LEN],
     plaintext: &[u8],
 ) {
-    let mut encoded = String::new();
     write_json(out, iv, |out| {
-        keys.seal_in_pieces(iv, plaintext, |piece| {
-            encoded.clear();
-            b64_encode_into(piece, &mut encoded);
-            out.push(&encoded);
-        })
+        keys.seal_in_pieces(iv, plaintext, |piece| out.push_base64(piece))
     });
 }
 
@@ -195,16 +207,12 @@ fn write_json<S: TextSink, T: AsRef<[u8]>>(
     iv: &[u8],
     payload: impl FnOnce(&mut S) -> T,
 ) {
-    let mut encoded = String::new();
     out.push(r#"{"iv":""#);
-    b64_encode_into(iv, &mut encoded);
-    out.push(&encoded);
+    out.push_base64(iv);
     out.push(r#"","payload":""#);
     let tag = payload(out);
     out.push(r#"","hmac":""#);
-    encoded.clear();
-    b64_encode_into(tag.as_ref(), &mut encoded);
-    out.push(&encoded);
+    out.push_base64(tag.as_ref());
     out.push(r#""}"#);
 }
 
