@@ -7,7 +7,7 @@
 //! when dropped.
 
 use aes::cipher::inout::InOutBuf;
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -21,8 +21,8 @@ use std::fmt;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 type HmacSha256 = Hmac<Sha256>;
-type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
-type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+type Aes256CbcEnc = cbc::Encryptor<aes::Aes256Enc>;
+type Aes256CbcDec = cbc::Decryptor<aes::Aes256Dec>;
 
 /// Length of an X25519 key, an AES-256 key and an HMAC-SHA256 key or tag.
 pub const KEY_LEN: usize = 32;
@@ -117,6 +117,14 @@ pub fn random_iv() -> [u8; IV_LEN] {
 pub struct SymmetricKeys {
     aes_key: [u8; KEY_LEN],
     mac_key: [u8; KEY_LEN],
+    /// The AES key schedules, expanded once per key rather than per frame
+    /// (the `aes` crate wipes them on drop).
+    encrypt_schedule: aes::Aes256Enc,
+    decrypt_schedule: aes::Aes256Dec,
+    /// HMAC with the key already absorbed (its inner and outer pad blocks
+    /// hashed once per key): each frame clones it instead of hashing the
+    /// two pad blocks again. Overwritten on drop.
+    keyed_mac: HmacSha256,
 }
 
 impl SymmetricKeys {
@@ -127,20 +135,32 @@ impl SymmetricKeys {
         Hkdf::<Sha256>::new(Some(salt), shared_secret)
             .expand(info, &mut okm)
             .expect("64 bytes is a valid HKDF-SHA256 output length (constant)");
-        let mut keys = SymmetricKeys {
-            aes_key: [0; KEY_LEN],
-            mac_key: [0; KEY_LEN],
-        };
-        keys.aes_key.copy_from_slice(&okm[..KEY_LEN]);
-        keys.mac_key.copy_from_slice(&okm[KEY_LEN..]);
+        let mut aes_key = [0u8; KEY_LEN];
+        let mut mac_key = [0u8; KEY_LEN];
+        aes_key.copy_from_slice(&okm[..KEY_LEN]);
+        mac_key.copy_from_slice(&okm[KEY_LEN..]);
         wipe(&mut okm);
+        let keys = SymmetricKeys {
+            encrypt_schedule: aes::Aes256Enc::new(&aes_key.into()),
+            decrypt_schedule: aes::Aes256Dec::new(&aes_key.into()),
+            keyed_mac: keyed_hmac(&mac_key),
+            aes_key,
+            mac_key,
+        };
+        wipe(&mut aes_key);
+        wipe(&mut mac_key);
         keys
+    }
+
+    fn encryptor(&self, iv: &[u8; IV_LEN]) -> Aes256CbcEnc {
+        Aes256CbcEnc::inner_iv_init(self.encrypt_schedule.clone(), iv.into())
     }
 
     /// AES-256-CBC-PKCS7 encryption of `plaintext` under `iv`, and the tag
     /// HMAC-SHA256(mac_key, iv || ciphertext).
     pub fn seal(&self, iv: &[u8; IV_LEN], plaintext: &[u8]) -> (Vec<u8>, [u8; KEY_LEN]) {
-        let ciphertext = Aes256CbcEnc::new(&self.aes_key.into(), iv.into())
+        let ciphertext = self
+            .encryptor(iv)
             .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
         let tag = self.mac(iv, &ciphertext).finalize().into_bytes().into();
         (ciphertext, tag)
@@ -159,7 +179,7 @@ impl SymmetricKeys {
     ) -> [u8; KEY_LEN] {
         /// Bytes per piece: a multiple of the AES block and of 3.
         const PIECE: usize = 48 * 64;
-        let mut cipher = Aes256CbcEnc::new(&self.aes_key.into(), iv.into());
+        let mut cipher = self.encryptor(iv);
         let mut mac = self.mac(iv, &[]);
         let mut piece = [0u8; PIECE];
         let whole = plaintext.len() - plaintext.len() % PIECE;
@@ -195,7 +215,7 @@ impl SymmetricKeys {
             return Err(CryptoError::BadMac);
         }
         let iv: &[u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::BadIv)?;
-        Aes256CbcDec::new(&self.aes_key.into(), iv.into())
+        Aes256CbcDec::inner_iv_init(self.decrypt_schedule.clone(), iv.into())
             .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
             .map_err(|_| CryptoError::BadPadding)
     }
@@ -214,8 +234,7 @@ impl SymmetricKeys {
     }
 
     fn mac(&self, iv: &[u8], ciphertext: &[u8]) -> HmacSha256 {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.mac_key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed_mac.clone();
         mac.update(iv);
         mac.update(ciphertext);
         mac
@@ -226,7 +245,16 @@ impl Drop for SymmetricKeys {
     fn drop(&mut self) {
         wipe(&mut self.aes_key);
         wipe(&mut self.mac_key);
+        // The keyed HMAC state stands for the MAC key: overwrite it with a
+        // state keyed by zeros (a volatile write, so it is not elided).
+        // SAFETY: `keyed_mac` is a valid, aligned place owned by `self`;
+        // the old value needs no drop (plain bytes, no heap).
+        unsafe { std::ptr::write_volatile(&mut self.keyed_mac, keyed_hmac(&[0; KEY_LEN])) };
     }
+}
+
+fn keyed_hmac(key: &[u8; KEY_LEN]) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
 impl fmt::Debug for SymmetricKeys {
