@@ -2,11 +2,15 @@
 //! raw JSON payload `{"ts","seq","pad"}` (the server relays payloads
 //! opaquely), keeping at most W in flight, gated on the receiver's count.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::args::RouteArgs;
@@ -28,6 +32,135 @@ struct Received {
     reordered: u64,
     renewals: u64,
     last_at: Option<Instant>,
+}
+
+/// What the sender and receiver threads of a run share.
+struct Stream<'a> {
+    /// Messages each receiver has seen (unique), by pair.
+    counts: &'a [AtomicU64],
+    errors: &'a Mutex<Vec<String>>,
+    epoch: Instant,
+    msgs: u64,
+    window: u64,
+    pad: &'a str,
+}
+
+/// The part of a relayed message a receiver reads (the rest is skipped).
+#[derive(Deserialize)]
+struct Relayed<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    payload: Option<Stamp>,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    ts: u64,
+    seq: u64,
+}
+
+impl Stream<'_> {
+    fn delivered(&self, pair: usize) -> u64 {
+        self.counts[pair].load(Ordering::Acquire)
+    }
+
+    /// Streams the pair's messages, keeping at most `window` undelivered.
+    /// Messages are queued and written together when the window is full
+    /// (or at the end), as a pipelining client would.
+    fn send_all(&self, pair: usize, tx: &mut Client, to: &str) -> Result<()> {
+        let to = serde_json::to_string(to)?;
+        let mut text = String::with_capacity(self.pad.len() + 128);
+        for seq in 0..self.msgs {
+            if seq - self.delivered(pair) >= self.window {
+                tx.connection().flush()?;
+                self.wait_for_room(pair, tx, seq)?;
+            }
+            let ts = self.epoch.elapsed().as_nanos() as u64;
+            text.clear();
+            write!(
+                text,
+                r#"{{"type":"E2E_MSG","to":{to},"payload":{{"ts":{ts},"seq":{seq},"pad":"{}"}}}}"#,
+                self.pad
+            )?;
+            tx.connection().queue_sealed_text(&text)?;
+        }
+        Ok(tx.connection().flush()?)
+    }
+
+    /// Waits until the receiver has seen enough of our messages to send
+    /// `seq`, reading our own connection meanwhile (renewals, user lists).
+    fn wait_for_room(&self, pair: usize, tx: &mut Client, seq: u64) -> Result<()> {
+        let mut seen_count = self.delivered(pair);
+        let mut progress_at = Instant::now();
+        while seq - self.delivered(pair) >= self.window {
+            let now_count = self.delivered(pair);
+            if now_count != seen_count {
+                (seen_count, progress_at) = (now_count, Instant::now());
+            } else if progress_at.elapsed() >= IDLE {
+                return Err(anyhow!(
+                    "window stuck at seq {seq} for {IDLE:?} (messages lost?)"
+                ));
+            }
+            if readable(tx) {
+                tx.connection().recv(Duration::from_millis(1))?;
+            } else {
+                // The receiver unparks us at each message.
+                std::thread::park_timeout(Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the pair's messages until all have come (or none for `IDLE`).
+    fn receive_all(&self, pair: usize, rx: &mut Client, sender: &Thread) -> Received {
+        let mut got = Received {
+            latencies_ns: Vec::with_capacity(self.msgs as usize),
+            ..Received::default()
+        };
+        let mut seen = vec![false; self.msgs as usize];
+        let mut max_seq: Option<u64> = None;
+        while got.unique < self.msgs {
+            let text = match rx.connection().recv_text(IDLE) {
+                Ok(Some(text)) => text,
+                Ok(None) => break,
+                Err(e) => {
+                    self.errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("receiver {pair}: {e}"));
+                    break;
+                }
+            };
+            let Ok(Relayed {
+                kind,
+                payload: Some(Stamp { ts, seq }),
+            }) = serde_json::from_str(&text)
+            else {
+                continue;
+            };
+            if kind != "E2E_MSG" {
+                continue;
+            }
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            got.latencies_ns.push(now.saturating_sub(ts));
+            got.last_at = Some(Instant::now());
+            match seen.get_mut(seq as usize) {
+                Some(true) | None => got.duplicates += 1,
+                Some(slot) => {
+                    *slot = true;
+                    got.unique += 1;
+                    if max_seq.is_some_and(|m| seq < m) {
+                        got.reordered += 1;
+                    }
+                    max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
+                    self.counts[pair].fetch_add(1, Ordering::Release);
+                    sender.unpark();
+                }
+            }
+        }
+        got.renewals = rx.connection().renewals_completed();
+        got
+    }
 }
 
 /// Logs `user` in with the challenge, with the given renewal mode.
@@ -85,105 +218,43 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     let before = args.server_pid.map(ProcSample::read).transpose()?;
     let own_before = own_cpu_secs();
     let mut start = Instant::now();
+    let stream = Stream {
+        counts: &counts,
+        errors: &errors,
+        epoch,
+        msgs: args.msgs,
+        window: args.window.max(1),
+        pad: &pad,
+    };
     std::thread::scope(|s| {
         let mut sender_threads = Vec::with_capacity(k);
         for (i, mut tx) in senders.drain(..).enumerate() {
-            let (counts, errors, barrier, pad) = (&counts, &errors, &barrier, &pad);
+            let (stream, barrier) = (&stream, &barrier);
             let to = users[2 * i + 1].name.clone();
-            let (msgs, window) = (args.msgs, args.window.max(1));
             let handle = s.spawn(move || {
                 barrier.wait();
-                for seq in 0..msgs {
-                    // Wait for room in the window, reading our own connection
-                    // meanwhile (renewals, user lists).
-                    let mut seen_count = counts[i].load(Ordering::Acquire);
-                    let mut progress_at = Instant::now();
-                    while seq - counts[i].load(Ordering::Acquire) >= window {
-                        let now_count = counts[i].load(Ordering::Acquire);
-                        if now_count != seen_count {
-                            (seen_count, progress_at) = (now_count, Instant::now());
-                        } else if progress_at.elapsed() >= IDLE {
-                            errors.lock().unwrap().push(format!(
-                                "sender {i}: window stuck at seq {seq} for {IDLE:?} (messages lost?)"
-                            ));
-                            drop(tx);
-                            return;
-                        }
-                        if readable(&mut tx) {
-                            if let Err(e) = tx.connection().recv(Duration::from_millis(1)) {
-                                errors.lock().unwrap().push(format!("sender {i}: {e}"));
-                                return;
-                            }
-                        } else {
-                            // The receiver unparks us at each message.
-                            std::thread::park_timeout(Duration::from_millis(2));
-                        }
-                    }
-                    let ts = epoch.elapsed().as_nanos() as u64;
-                    let cmd = json!({"type": "E2E_MSG", "to": to,
-                                     "payload": {"ts": ts, "seq": seq, "pad": pad}});
-                    if let Err(e) = tx.connection().send(&cmd) {
-                        errors.lock().unwrap().push(format!("sender {i}: {e}"));
-                        return;
-                    }
+                if let Err(e) = stream.send_all(i, &mut tx, &to) {
+                    stream
+                        .errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("sender {i}: {e}"));
+                    return;
                 }
                 // Stay connected until our receiver has everything (or gives up).
                 let deadline = Instant::now() + IDLE;
-                while counts[i].load(Ordering::Acquire) < msgs && Instant::now() < deadline {
+                while stream.delivered(i) < stream.msgs && Instant::now() < deadline {
                     let _ = tx.connection().recv(Duration::from_millis(5));
                 }
-                drop(tx);
             });
             sender_threads.push(handle.thread().clone());
         }
         for (i, mut rx) in receivers.drain(..).enumerate() {
-            let (counts, results, errors, barrier) = (&counts, &results, &errors, &barrier);
-            let msgs = args.msgs;
+            let (stream, results, barrier) = (&stream, &results, &barrier);
             let sender = sender_threads[i].clone();
             s.spawn(move || {
                 barrier.wait();
-                let mut got = Received {
-                    latencies_ns: Vec::with_capacity(msgs as usize),
-                    ..Received::default()
-                };
-                let mut seen = vec![false; msgs as usize];
-                let mut max_seq: Option<u64> = None;
-                while got.unique < msgs {
-                    let cmd = match rx.connection().recv(IDLE) {
-                        Ok(Some(c)) => c,
-                        Ok(None) => break,
-                        Err(e) => {
-                            errors.lock().unwrap().push(format!("receiver {i}: {e}"));
-                            break;
-                        }
-                    };
-                    if cmd.get("type").and_then(Value::as_str) != Some("E2E_MSG") {
-                        continue;
-                    }
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    let payload = &cmd["payload"];
-                    let (Some(ts), Some(seq)) = (payload["ts"].as_u64(), payload["seq"].as_u64())
-                    else {
-                        continue;
-                    };
-                    got.latencies_ns.push(now.saturating_sub(ts));
-                    got.last_at = Some(Instant::now());
-                    match seen.get_mut(seq as usize) {
-                        Some(true) => got.duplicates += 1,
-                        Some(slot) => {
-                            *slot = true;
-                            got.unique += 1;
-                            if max_seq.is_some_and(|m| seq < m) {
-                                got.reordered += 1;
-                            }
-                            max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
-                            counts[i].fetch_add(1, Ordering::Release);
-                            sender.unpark();
-                        }
-                        None => got.duplicates += 1,
-                    }
-                }
-                got.renewals = rx.connection().renewals_completed();
+                let got = stream.receive_all(i, &mut rx, &sender);
                 results.lock().unwrap().push(got);
                 drop(rx); // no close handshake: fast, and never blocks the report
             });

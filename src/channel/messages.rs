@@ -46,11 +46,6 @@ pub(crate) fn is_immediate(object: &Object) -> bool {
     object.get("immediate") == Some(&Value::Bool(true))
 }
 
-/// A decrypted plaintext must be UTF-8 JSON: an object with a string "type".
-pub(crate) fn parse_command(plaintext: Vec<u8>) -> Result<Object, ChannelError> {
-    command_object(&plaintext_text(plaintext)?)
-}
-
 /// The decrypted plaintext as text; it must be UTF-8.
 pub(crate) fn plaintext_text(plaintext: Vec<u8>) -> Result<String, ChannelError> {
     String::from_utf8(plaintext).map_err(|_| ChannelError::NotUtf8)
@@ -61,6 +56,23 @@ pub(crate) fn command_object(text: &str) -> Result<Object, ChannelError> {
     match serde_json::from_str(text) {
         Ok(Value::Object(object)) if message_type(&object).is_some() => Ok(object),
         _ => Err(ChannelError::BadPlaintext),
+    }
+}
+
+/// Whether a decrypted text is, at a glance, an application message: a JSON
+/// object whose `"type"` is a plain string outside the channel's own
+/// `RENEGOTIATE_*` family. Read without building a tree; `false` means "not
+/// sure" (an escaped type, no type, not an object), and the caller parses it
+/// fully.
+pub(crate) fn is_application_text(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    match serde_json::from_str::<TypeOnly<'_>>(text) {
+        Ok(TypeOnly { kind: Some(kind) }) => !kind.starts_with(RENEGOTIATE_PREFIX),
+        _ => false,
     }
 }
 
@@ -128,5 +140,32 @@ impl Offer {
 impl std::fmt::Debug for Offer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Offer(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_text_is_told_from_channel_messages_at_a_glance() {
+        assert!(is_application_text(
+            r#"{"type":"E2E_MSG","payload":{"a":[1,"}"]}}"#
+        ));
+        assert!(is_application_text(
+            r#"{"payload":{},"type":"user_list_update"}"#
+        ));
+        assert!(!is_application_text(r#"{"type":"RENEGOTIATE_REQUEST"}"#));
+        // Unsure cases go to the full parse.
+        for unsure in [
+            r#"{"type":"E2E\u005fMSG"}"#,
+            r#"{"type":"A","type":"RENEGOTIATE_INIT"}"#,
+            r#"{"kind":"A"}"#,
+            r#"{"type":1}"#,
+            "[]",
+            "{",
+        ] {
+            assert!(!is_application_text(unsure), "{unsure}");
+        }
     }
 }

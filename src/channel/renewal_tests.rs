@@ -537,3 +537,42 @@ fn other_renegotiation_types_never_reach_commands() {
     let frame = client.seal(&serde_json::Value::Object(command.clone()).to_string());
     assert_eq!(server.open(&frame, now).unwrap(), Inbound::Command(command));
 }
+
+#[test]
+fn open_text_answers_renewal_and_returns_application_text_unchanged() {
+    let now = Instant::now();
+    let (mut server, mut client) = connect(policy(1, 3600, 200), ClientRenewalMode::Immediate, now);
+    let message = r#"{"type":"E2E_MSG","from":"b\u00e9","payload":{"n":1}}"#;
+    let frame = server.seal(message, now);
+    assert_eq!(
+        client.open_text(&frame).unwrap(),
+        ClientInbound::Command(message.to_string())
+    );
+
+    let request = server.poll_renewal(now).expect("renewal due after 1 frame");
+    let init = match client.open_text(&request).unwrap() {
+        ClientInbound::Control(Some(init)) => init,
+        other => panic!("expected the INIT reply, got {other:?}"),
+    };
+    let response = control_reply(server.open(&init, now).unwrap());
+    assert_eq!(
+        client.open_text(&response).unwrap(),
+        ClientInbound::Control(None)
+    );
+    assert_eq!(client.renewals_completed(), 1);
+
+    // A channel message whose type is escaped is still recognised (full parse).
+    let escaped = server.seal(r#"{"type":"RENEGOTIATE_\u0058"}"#, now);
+    assert_eq!(
+        client.open_text(&escaped).unwrap(),
+        ClientInbound::Control(None)
+    );
+    for bad in ["[1]", "{\"type\":3}", "{}", "not json"] {
+        let frame = server.seal(bad, now);
+        assert_eq!(
+            client.open_text(&frame),
+            Err(ChannelError::BadPlaintext),
+            "{bad}"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use tungstenite::protocol::WebSocket;
 use tungstenite::{HandshakeError, Message};
 
 use super::error::{ClientError, Result};
-use crate::channel::{ClientChannel, ClientInbound, ClientRenewalMode};
+use crate::channel::{ChannelError, ClientChannel, ClientInbound, ClientRenewalMode};
 
 /// Commands as decrypted from the channel.
 pub type Command = Map<String, Value>;
@@ -215,7 +215,10 @@ pub struct ClientConnection {
     ws: WebSocket<ClientStream>,
     channel: ClientChannel,
     closed: Option<CloseInfo>,
-    write_timeout: Duration,
+    /// The socket's read timeout as last set (set again only when a wait
+    /// needs a shorter one, or a much longer one: one system call less per
+    /// read).
+    read_timeout: Option<Duration>,
     /// Commands read by `wait_closed` and the like, handed out by `recv`.
     inbox: VecDeque<Command>,
 }
@@ -252,7 +255,7 @@ impl ClientConnection {
             ws,
             channel,
             closed: None,
-            write_timeout: options.timeout,
+            read_timeout: None,
             inbox: VecDeque::new(),
         })
     }
@@ -325,6 +328,23 @@ impl ClientConnection {
         self.write(Message::Text(frame))
     }
 
+    /// Seals `plaintext` (a JSON command's text) and queues it without
+    /// writing to the socket; [`Self::flush`] sends everything queued in as
+    /// few writes as the socket allows (the benchmark's senders).
+    pub fn queue_sealed_text(&mut self, plaintext: &str) -> Result<()> {
+        self.check_open()?;
+        let frame = self.channel.seal(plaintext);
+        self.ws
+            .write(Message::Text(frame))
+            .map_err(|e| read_error(e, &mut self.closed))
+    }
+
+    /// Writes out what [`Self::queue_sealed_text`] queued.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_open()?;
+        self.ws.flush().map_err(|e| read_error(e, &mut self.closed))
+    }
+
     /// Asks the server for new channel keys (`RENEGOTIATE_INIT`, unprompted).
     /// Returns false (and sends nothing) if a renewal is already in flight.
     pub fn request_renewal(&mut self) -> Result<bool> {
@@ -344,19 +364,22 @@ impl ClientConnection {
         self.channel.renewals_completed()
     }
 
+    /// Writes and flushes one message (the socket's write timeout was set
+    /// at connect).
     fn write(&mut self, message: Message) -> Result<()> {
-        if let Some(c) = &self.closed {
-            return Err(ClientError::Closed {
+        self.check_open()?;
+        self.ws
+            .send(message)
+            .map_err(|e| read_error(e, &mut self.closed))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &self.closed {
+            Some(c) => Err(ClientError::Closed {
                 code: c.code,
                 reason: c.reason.clone(),
-            });
-        }
-        self.ws
-            .get_ref()
-            .set_write_timeout(Some(self.write_timeout))?;
-        match self.ws.send(message) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(read_error(e, &mut self.closed)),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -370,18 +393,31 @@ impl ClientConnection {
         self.recv_inner(Instant::now() + timeout)
     }
 
+    /// As [`Self::recv`], but the command comes back as its JSON text, not
+    /// parsed (for callers with their own types: the benchmark).
+    pub fn recv_text(&mut self, timeout: Duration) -> Result<Option<String>> {
+        if let Some(cmd) = self.inbox.pop_front() {
+            return Ok(Some(serde_json::Value::Object(cmd).to_string()));
+        }
+        self.recv_opened(Instant::now() + timeout, ClientChannel::open_text)
+    }
+
     fn recv_inner(&mut self, deadline: Instant) -> Result<Option<Command>> {
+        self.recv_opened(deadline, ClientChannel::open)
+    }
+
+    /// Reads frames until one opens (with `open`) to an application message.
+    fn recv_opened<T>(
+        &mut self,
+        deadline: Instant,
+        open: fn(&mut ClientChannel, &str) -> std::result::Result<ClientInbound<T>, ChannelError>,
+    ) -> Result<Option<T>> {
         loop {
-            if let Some(c) = &self.closed {
-                return Err(ClientError::Closed {
-                    code: c.code,
-                    reason: c.reason.clone(),
-                });
-            }
+            self.check_open()?;
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            set_read_deadline(&self.ws, deadline)?;
+            self.set_read_deadline(deadline)?;
             let message = match self.ws.read() {
                 Ok(m) => m,
                 Err(tungstenite::Error::Io(e))
@@ -392,7 +428,7 @@ impl ClientConnection {
                 Err(e) => return Err(read_error(e, &mut self.closed)),
             };
             match message {
-                Message::Text(text) => match self.channel.open(&text)? {
+                Message::Text(text) => match open(&mut self.channel, &text)? {
                     ClientInbound::Command(cmd) => return Ok(Some(cmd)),
                     ClientInbound::Control(Some(reply)) => self.write(Message::Text(reply))?,
                     ClientInbound::Control(None) => {}
@@ -417,6 +453,23 @@ impl ClientConnection {
         }
     }
 
+    /// Makes the next blocking read return by `deadline`. The timeout is
+    /// set again only if the one in force is longer than the time left (a
+    /// read could overrun) or less than half of it (a long wait would wake
+    /// needlessly often); a read that times out early just loops.
+    fn set_read_deadline(&mut self, deadline: Instant) -> Result<()> {
+        let left = time_left(deadline);
+        let fits = self
+            .read_timeout
+            .is_some_and(|set| set <= left && set * 2 >= left);
+        if !fits {
+            self.read_timeout = None;
+            self.ws.get_ref().set_read_timeout(Some(left))?;
+            self.read_timeout = Some(left);
+        }
+        Ok(())
+    }
+
     /// Reads until the server closes the connection and returns how it did;
     /// commands read meanwhile are kept for `recv`. `Timeout` if it stays open.
     pub fn wait_closed(&mut self, timeout: Duration) -> Result<CloseInfo> {
@@ -439,7 +492,7 @@ impl ClientConnection {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            set_read_deadline(&self.ws, deadline)?;
+            self.set_read_deadline(deadline)?;
             match self.ws.read() {
                 Ok(Message::Close(frame)) => {
                     let info = close_info(frame);
@@ -471,7 +524,7 @@ impl ClientConnection {
         let _ = self.ws.close(None);
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
-            if set_read_deadline(&self.ws, deadline).is_err() {
+            if self.set_read_deadline(deadline).is_err() {
                 break;
             }
             match self.ws.read() {
@@ -494,11 +547,15 @@ impl ClientConnection {
     }
 }
 
-fn set_read_deadline(ws: &WebSocket<ClientStream>, deadline: Instant) -> Result<()> {
-    let left = deadline
+/// Time until `deadline`, at least 1 ms (a zero timeout means "none").
+fn time_left(deadline: Instant) -> Duration {
+    deadline
         .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    ws.get_ref().set_read_timeout(Some(left))?;
+        .max(Duration::from_millis(1))
+}
+
+fn set_read_deadline(ws: &WebSocket<ClientStream>, deadline: Instant) -> Result<()> {
+    ws.get_ref().set_read_timeout(Some(time_left(deadline)))?;
     Ok(())
 }
 
