@@ -68,6 +68,22 @@ pub fn b64_encode_into(bytes: &[u8], out: &mut String) {
 /// Decodes url-safe or standard base64, padded or not.
 pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
     let bytes = text.as_bytes();
+    // The common case (url-safe, canonical) through SIMD: it accepts only
+    // what the lenient decoder below accepts, with the same bytes (a unit
+    // test compares them); anything it refuses takes the general path.
+    let fast = if bytes.ends_with(b"=") {
+        base64_simd::URL_SAFE
+    } else {
+        base64_simd::URL_SAFE_NO_PAD
+    };
+    if let Ok(decoded) = fast.decode_to_vec(bytes) {
+        return Ok(decoded);
+    }
+    b64_decode_general(bytes)
+}
+
+/// Either alphabet, padded or not (canonical trailing bits only).
+fn b64_decode_general(bytes: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if let Ok(decoded) = LENIENT_URL_SAFE.decode(bytes) {
         return Ok(decoded);
     }
@@ -214,10 +230,24 @@ impl SymmetricKeys {
         if !self.verify(iv, ciphertext, tag) {
             return Err(CryptoError::BadMac);
         }
+        self.decrypt_verified(iv, ciphertext.to_vec())
+    }
+
+    /// Decrypts, in its own buffer, a ciphertext whose tag the caller has
+    /// already checked with [`Self::verify`] (never call it otherwise:
+    /// encrypt-then-MAC means nothing unverified is decrypted).
+    pub fn decrypt_verified(
+        &self,
+        iv: &[u8],
+        mut ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>, CryptoError> {
         let iv: &[u8; IV_LEN] = iv.try_into().map_err(|_| CryptoError::BadIv)?;
-        Aes256CbcDec::inner_iv_init(self.decrypt_schedule.clone(), iv.into())
-            .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
-            .map_err(|_| CryptoError::BadPadding)
+        let plaintext_len = Aes256CbcDec::inner_iv_init(self.decrypt_schedule.clone(), iv.into())
+            .decrypt_padded_mut::<Pkcs7>(&mut ciphertext)
+            .map_err(|_| CryptoError::BadPadding)?
+            .len();
+        ciphertext.truncate(plaintext_len);
+        Ok(ciphertext)
     }
 
     /// The raw AES and HMAC keys. Only for tests against known vectors.
@@ -441,6 +471,49 @@ mod tests {
         }
         assert_eq!(b64_decode("not base64!"), Err(CryptoError::BadBase64));
         assert_eq!(b64_decode("-_8=="), Err(CryptoError::BadBase64));
+    }
+
+    proptest::proptest! {
+        /// The SIMD fast path never accepts what the general decoder refuses,
+        /// nor decodes to other bytes: on near-base64 text (both alphabets,
+        /// stray padding, non-canonical endings) both give the same answer.
+        #[test]
+        fn fast_base64_decoding_agrees_with_the_general_decoder(
+            text in "[A-Za-z0-9_=+/-]{0,90}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70),
+        ) {
+            proptest::prop_assert_eq!(b64_decode(&text), b64_decode_general(text.as_bytes()));
+            let encoded = b64_encode(&bytes);
+            proptest::prop_assert_eq!(b64_decode(&encoded), Ok(bytes.clone()));
+            let unpadded = encoded.trim_end_matches('=');
+            proptest::prop_assert_eq!(b64_decode(unpadded), Ok(bytes));
+        }
+    }
+
+    #[test]
+    fn decrypting_in_place_gives_the_plaintext_and_checks_padding() {
+        let keys = transport_keys();
+        let iv = [7u8; IV_LEN];
+        for len in [0, 1, 15, 16, 17, 100] {
+            let plaintext: Vec<u8> = (0..len as u8).collect();
+            let (ciphertext, tag) = keys.seal(&iv, &plaintext);
+            assert!(keys.verify(&iv, &ciphertext, &tag));
+            assert_eq!(
+                keys.decrypt_verified(&iv, ciphertext.clone()),
+                Ok(plaintext.clone())
+            );
+            assert_eq!(keys.open(&iv, &ciphertext, &tag), Ok(plaintext));
+        }
+        let (mut ciphertext, _) = keys.seal(&iv, b"x");
+        ciphertext.pop();
+        assert_eq!(
+            keys.decrypt_verified(&iv, ciphertext),
+            Err(CryptoError::BadPadding)
+        );
+        assert_eq!(
+            keys.decrypt_verified(&iv[..8], vec![0; 16]),
+            Err(CryptoError::BadIv)
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use log::{info, warn};
 
 use crate::monitoring::Metrics;
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
-use crate::presence::{fold, Presence};
+use crate::presence::{fold, folded, Presence};
 use crate::protocol::{carries_peer_signature, messages, Payload, RelayKind};
 
 /// How long the dispatcher, once shut down, keeps answering the `Closed`
@@ -467,8 +467,8 @@ impl Dispatcher {
         to: &str,
         payload: Payload,
     ) {
-        let key = fold(to);
-        if self.sessions.contains_key(&key) {
+        let key = folded(to);
+        if self.sessions.contains_key(key.as_ref()) {
             self.settings.metrics.messages_routed.inc();
             let item = Outgoing::Relay {
                 kind,
@@ -521,7 +521,7 @@ impl Dispatcher {
     }
 
     fn typing(&mut self, from: Arc<str>, to: &str, is_typing: bool) {
-        let Some(session) = self.sessions.get(&fold(to)) else {
+        let Some(session) = self.sessions.get(folded(to).as_ref()) else {
             return;
         };
         if session.pending.is_some() {

@@ -4,6 +4,7 @@
 //! logouts into one broadcast (PROTOCOL.md section 5). Owned by the
 //! dispatcher thread; no locks, no I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,20 @@ const MAX_WINDOW: Duration = Duration::from_secs(10);
 /// The key that makes names case-insensitive: a Unicode lower-case fold.
 pub fn fold(name: &str) -> String {
     name.to_lowercase()
+}
+
+/// [`fold`] for lookups: borrows the name when it is already folded
+/// (lower-case ASCII, the usual case on the routing path), so a lookup
+/// allocates nothing.
+pub fn folded(name: &str) -> Cow<'_, str> {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(fold(name))
+    }
 }
 
 /// One registered user in the directory.
@@ -184,6 +199,15 @@ mod tests {
 
     fn users(list: &str) -> Value {
         serde_json::from_str::<Value>(list).unwrap()["users"].clone()
+    }
+
+    #[test]
+    fn folded_equals_fold_and_borrows_folded_names() {
+        for name in ["alice", "Alice", "ÉLODIE", "élodie", "user_1", "ǅ", "İ", ""] {
+            assert_eq!(folded(name), fold(name), "{name}");
+        }
+        assert!(matches!(folded("bob_2"), Cow::Borrowed("bob_2")));
+        assert!(matches!(folded("Bob"), Cow::Owned(_)));
     }
 
     #[test]

@@ -128,8 +128,8 @@ impl ClientChannel {
     }
 
     fn decrypt(&mut self, frame: &str) -> Result<(String, Slot), ChannelError> {
-        let frame = Frame::parse(frame)?;
-        let (plaintext, slot) = self.keys.open(&frame)?;
+        let mut frame = Frame::parse(frame)?;
+        let (plaintext, slot) = self.keys.open(&mut frame)?;
         Ok((messages::plaintext_text(plaintext)?, slot))
     }
 

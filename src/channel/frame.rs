@@ -106,6 +106,17 @@ impl Frame {
                 other => ChannelError::Undecryptable(other),
             })
     }
+
+    /// Decrypts the ciphertext in its own buffer, taking it out of the
+    /// frame, once [`Self::verifies_under`] said yes for `keys` (the tag is
+    /// not checked twice).
+    pub(crate) fn take_verified_plaintext(
+        &mut self,
+        keys: &SymmetricKeys,
+    ) -> Result<Vec<u8>, ChannelError> {
+        keys.decrypt_verified(&self.iv, std::mem::take(&mut self.ciphertext))
+            .map_err(ChannelError::Undecryptable)
+    }
 }
 
 /// Somewhere a frame's JSON text is written to, in order.

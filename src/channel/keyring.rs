@@ -47,17 +47,23 @@ impl KeyRing {
         self.older.is_some()
     }
 
-    /// Verifies under the newest keys, else the older ones, then decrypts.
-    /// A frame verifying under the newest keys forgets the older ones.
-    pub(crate) fn open(&mut self, frame: &Frame) -> Result<(Vec<u8>, Slot), ChannelError> {
-        if frame.verifies_under(&self.newest) {
+    /// Verifies under the newest keys, else the older ones, then decrypts
+    /// (taking the ciphertext out of the frame). A frame verifying under the
+    /// newest keys forgets the older ones.
+    pub(crate) fn open(&mut self, frame: &mut Frame) -> Result<(Vec<u8>, Slot), ChannelError> {
+        let slot = if frame.verifies_under(&self.newest) {
             self.older = None;
-            return Ok((frame.open(&self.newest)?, Slot::Newest));
-        }
-        match &self.older {
-            Some(older) if frame.verifies_under(older) => Ok((frame.open(older)?, Slot::Older)),
-            _ => Err(ChannelError::BadMac),
-        }
+            Slot::Newest
+        } else if self
+            .older
+            .as_ref()
+            .is_some_and(|older| frame.verifies_under(older))
+        {
+            Slot::Older
+        } else {
+            return Err(ChannelError::BadMac);
+        };
+        Ok((frame.take_verified_plaintext(self.keys_for(slot))?, slot))
     }
 
     /// Sends under `new` from now on; keeps accepting the keys the peer used

@@ -120,9 +120,9 @@ impl ServerChannel {
     /// Verifies (new keys, else old), decrypts and parses one inbound frame.
     /// Renegotiation messages are handled here and come back as `Control`.
     pub fn open(&mut self, frame: &str, now: Instant) -> Result<Inbound, ChannelError> {
-        let frame = Frame::parse(frame)?;
+        let mut frame = Frame::parse(frame)?;
         let awaiting = self.keys.awaiting_peer();
-        let (plaintext, slot) = self.keys.open(&frame)?;
+        let (plaintext, slot) = self.keys.open(&mut frame)?;
         if !self.seen.insert(&frame.tag) {
             return Err(ChannelError::Replayed);
         }
