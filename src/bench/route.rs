@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -23,6 +22,9 @@ use crate::client::{Client, ClientRenewalMode, ConnectOptions};
 /// How long a receiver waits for the next message before calling it lost.
 const IDLE: Duration = Duration::from_secs(10);
 
+/// How often a pair looks for frames on its sender's connection.
+const SENDER_CHECK: Duration = Duration::from_millis(5);
+
 /// What one receiver saw.
 #[derive(Default)]
 struct Received {
@@ -34,7 +36,7 @@ struct Received {
     last_at: Option<Instant>,
 }
 
-/// What the sender and receiver threads of a run share.
+/// What the threads of a run (one per pair) share.
 struct Stream<'a> {
     /// Messages each receiver has seen (unique), by pair.
     counts: &'a [AtomicU64],
@@ -60,106 +62,133 @@ struct Stamp {
 }
 
 impl Stream<'_> {
-    fn delivered(&self, pair: usize) -> u64 {
-        self.counts[pair].load(Ordering::Acquire)
+    /// Runs one pair on one thread: fills the window on the sender's
+    /// connection (queued, then written together), reads what has come on
+    /// the receiver's, and so on until every message has come or none came
+    /// for `IDLE`.
+    fn run_pair(&self, pair: usize, tx: &mut Client, rx: &mut Client, to: &str) -> Received {
+        let mut tally = Tally::new(self.msgs);
+        if let Err(e) = self.exchange(pair, tx, rx, to, &mut tally) {
+            self.errors
+                .lock()
+                .unwrap()
+                .push(format!("pair {pair}: {e}"));
+        }
+        tally.got.renewals = rx.connection().renewals_completed();
+        tally.got
     }
 
-    /// Streams the pair's messages, keeping at most `window` undelivered.
-    /// Messages are queued and written together when the window is full
-    /// (or at the end), as a pipelining client would.
-    fn send_all(&self, pair: usize, tx: &mut Client, to: &str) -> Result<()> {
+    fn exchange(
+        &self,
+        pair: usize,
+        tx: &mut Client,
+        rx: &mut Client,
+        to: &str,
+        tally: &mut Tally,
+    ) -> Result<()> {
         let to = serde_json::to_string(to)?;
         let mut text = String::with_capacity(self.pad.len() + 128);
-        for seq in 0..self.msgs {
-            if seq - self.delivered(pair) >= self.window {
+        let mut sent = 0;
+        let mut sender_checked = Instant::now();
+        while tally.got.unique < self.msgs {
+            if sent < self.msgs && sent - tally.got.unique < self.window {
+                while sent < self.msgs && sent - tally.got.unique < self.window {
+                    self.write_message(&mut text, &to, sent);
+                    tx.connection().queue_sealed_text(&text)?;
+                    sent += 1;
+                }
                 tx.connection().flush()?;
-                self.wait_for_room(pair, tx, seq)?;
             }
-            let ts = self.epoch.elapsed().as_nanos() as u64;
-            text.clear();
-            write!(
-                text,
-                r#"{{"type":"E2E_MSG","to":{to},"payload":{{"ts":{ts},"seq":{seq},"pad":"{}"}}}}"#,
-                self.pad
-            )?;
-            tx.connection().queue_sealed_text(&text)?;
-        }
-        Ok(tx.connection().flush()?)
-    }
-
-    /// Waits until the receiver has seen enough of our messages to send
-    /// `seq`, reading our own connection meanwhile (renewals, user lists).
-    fn wait_for_room(&self, pair: usize, tx: &mut Client, seq: u64) -> Result<()> {
-        let mut seen_count = self.delivered(pair);
-        let mut progress_at = Instant::now();
-        while seq - self.delivered(pair) >= self.window {
-            let now_count = self.delivered(pair);
-            if now_count != seen_count {
-                (seen_count, progress_at) = (now_count, Instant::now());
-            } else if progress_at.elapsed() >= IDLE {
-                return Err(anyhow!(
-                    "window stuck at seq {seq} for {IDLE:?} (messages lost?)"
-                ));
+            // At least one frame, then whatever the socket already holds.
+            loop {
+                let text = rx.connection().recv_text(IDLE)?.ok_or_else(|| {
+                    anyhow!(
+                        "nothing for {IDLE:?} after {} messages (lost?)",
+                        tally.got.unique
+                    )
+                })?;
+                if tally.record(&text, self.epoch) {
+                    self.counts[pair].fetch_add(1, Ordering::Relaxed);
+                }
+                if !readable(rx) {
+                    break;
+                }
             }
-            if readable(tx) {
-                tx.connection().recv(Duration::from_millis(1))?;
-            } else {
-                // The receiver unparks us at each message.
-                std::thread::park_timeout(Duration::from_millis(2));
+            // The sender's own connection gets little (a renewal now and
+            // then): look at it every few milliseconds.
+            if sender_checked.elapsed() >= SENDER_CHECK {
+                while readable(tx) {
+                    tx.connection().recv(Duration::from_millis(1))?;
+                }
+                sender_checked = Instant::now();
             }
         }
         Ok(())
     }
 
-    /// Reads the pair's messages until all have come (or none for `IDLE`).
-    fn receive_all(&self, pair: usize, rx: &mut Client, sender: &Thread) -> Received {
-        let mut got = Received {
-            latencies_ns: Vec::with_capacity(self.msgs as usize),
-            ..Received::default()
+    /// The text of message `seq`, stamped now.
+    fn write_message(&self, text: &mut String, to_json: &str, seq: u64) {
+        let ts = self.epoch.elapsed().as_nanos() as u64;
+        text.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            r#"{{"type":"E2E_MSG","to":{to_json},"payload":{{"ts":{ts},"seq":{seq},"pad":"{}"}}}}"#,
+            self.pad
+        );
+    }
+}
+
+/// What a pair's receiver has seen so far.
+struct Tally {
+    got: Received,
+    seen: Vec<bool>,
+    max_seq: Option<u64>,
+}
+
+impl Tally {
+    fn new(msgs: u64) -> Tally {
+        Tally {
+            got: Received {
+                latencies_ns: Vec::with_capacity(msgs as usize),
+                ..Received::default()
+            },
+            seen: vec![false; msgs as usize],
+            max_seq: None,
+        }
+    }
+
+    /// Counts one received command; true if it was a new message of ours.
+    fn record(&mut self, text: &str, epoch: Instant) -> bool {
+        let Ok(Relayed {
+            kind,
+            payload: Some(Stamp { ts, seq }),
+        }) = serde_json::from_str(text)
+        else {
+            return false;
         };
-        let mut seen = vec![false; self.msgs as usize];
-        let mut max_seq: Option<u64> = None;
-        while got.unique < self.msgs {
-            let text = match rx.connection().recv_text(IDLE) {
-                Ok(Some(text)) => text,
-                Ok(None) => break,
-                Err(e) => {
-                    self.errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("receiver {pair}: {e}"));
-                    break;
-                }
-            };
-            let Ok(Relayed {
-                kind,
-                payload: Some(Stamp { ts, seq }),
-            }) = serde_json::from_str(&text)
-            else {
-                continue;
-            };
-            if kind != "E2E_MSG" {
-                continue;
+        if kind != "E2E_MSG" {
+            return false;
+        }
+        let now = epoch.elapsed().as_nanos() as u64;
+        let got = &mut self.got;
+        got.latencies_ns.push(now.saturating_sub(ts));
+        got.last_at = Some(Instant::now());
+        match self.seen.get_mut(seq as usize) {
+            Some(true) | None => {
+                got.duplicates += 1;
+                false
             }
-            let now = self.epoch.elapsed().as_nanos() as u64;
-            got.latencies_ns.push(now.saturating_sub(ts));
-            got.last_at = Some(Instant::now());
-            match seen.get_mut(seq as usize) {
-                Some(true) | None => got.duplicates += 1,
-                Some(slot) => {
-                    *slot = true;
-                    got.unique += 1;
-                    if max_seq.is_some_and(|m| seq < m) {
-                        got.reordered += 1;
-                    }
-                    max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
-                    self.counts[pair].fetch_add(1, Ordering::Release);
-                    sender.unpark();
+            Some(slot) => {
+                *slot = true;
+                got.unique += 1;
+                if self.max_seq.is_some_and(|m| seq < m) {
+                    got.reordered += 1;
                 }
+                self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
+                true
             }
         }
-        got.renewals = rx.connection().renewals_completed();
-        got
     }
 }
 
@@ -212,7 +241,7 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     let counts: Vec<AtomicU64> = (0..k).map(|_| AtomicU64::new(0)).collect();
     let results: Mutex<Vec<Received>> = Mutex::new(Vec::new());
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let barrier = Barrier::new(2 * k + 1);
+    let barrier = Barrier::new(k + 1);
     let epoch = Instant::now();
     let total = args.msgs * k as u64;
     let before = args.server_pid.map(ProcSample::read).transpose()?;
@@ -227,36 +256,15 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
         pad: &pad,
     };
     std::thread::scope(|s| {
-        let mut sender_threads = Vec::with_capacity(k);
-        for (i, mut tx) in senders.drain(..).enumerate() {
-            let (stream, barrier) = (&stream, &barrier);
-            let to = users[2 * i + 1].name.clone();
-            let handle = s.spawn(move || {
-                barrier.wait();
-                if let Err(e) = stream.send_all(i, &mut tx, &to) {
-                    stream
-                        .errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("sender {i}: {e}"));
-                    return;
-                }
-                // Stay connected until our receiver has everything (or gives up).
-                let deadline = Instant::now() + IDLE;
-                while stream.delivered(i) < stream.msgs && Instant::now() < deadline {
-                    let _ = tx.connection().recv(Duration::from_millis(5));
-                }
-            });
-            sender_threads.push(handle.thread().clone());
-        }
-        for (i, mut rx) in receivers.drain(..).enumerate() {
+        for (i, (mut tx, mut rx)) in senders.drain(..).zip(receivers.drain(..)).enumerate() {
             let (stream, results, barrier) = (&stream, &results, &barrier);
-            let sender = sender_threads[i].clone();
+            let to = users[2 * i + 1].name.clone();
             s.spawn(move || {
                 barrier.wait();
-                let got = stream.receive_all(i, &mut rx, &sender);
+                let got = stream.run_pair(i, &mut tx, &mut rx, &to);
                 results.lock().unwrap().push(got);
-                drop(rx); // no close handshake: fast, and never blocks the report
+                // No close handshake: fast, and never blocks the report.
+                drop((tx, rx));
             });
         }
         barrier.wait();
