@@ -1,6 +1,8 @@
 //! `route`: K sender->receiver pairs; each sender streams M `E2E_MSG`s with a
 //! raw JSON payload `{"ts","seq","pad"}` (the server relays payloads
-//! opaquely), keeping at most W in flight, gated on the receiver's count.
+//! opaquely), keeping at most W in flight. One thread per pair drives both
+//! connections: it tops the window up on the sender's (messages queued,
+//! then written together) and reads what reached the receiver's.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
