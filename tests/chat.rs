@@ -404,3 +404,60 @@ fn presence_bursts_are_coalesced(backend: Backend) {
 }
 
 both_stores!(presence_bursts_are_coalesced);
+
+/// The client library's low-level calls, as the benchmark uses them: a
+/// short wait after a long one still ends on time (the socket's read
+/// timeout is set again when it must shrink), messages queued with
+/// `queue_sealed_text` leave only at `flush`, and `recv_text` hands them
+/// over as JSON text, in order.
+#[test]
+fn queued_messages_leave_at_flush_and_short_waits_end_on_time() {
+    let server = TestServer::start(Backend::Sqlite).expect("SQLite server");
+    let (mut alice, _) = user(&server, "alice");
+    let (mut bob, _) = user(&server, "bob");
+    alice
+        .wait_user_online("bob", WAIT)
+        .expect("alice sees bob online");
+    // Whatever presence still sends bob, until a long wait finds nothing.
+    while bob
+        .connection()
+        .recv(Duration::from_millis(600))
+        .expect("bob reads")
+        .is_some()
+    {}
+    let started = std::time::Instant::now();
+    assert!(bob
+        .connection()
+        .recv_text(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "a 20 ms wait after a 600 ms one took {:?}",
+        started.elapsed()
+    );
+
+    for n in 0..3 {
+        let text = json!({"type": "E2E_MSG", "to": "bob", "payload": {"n": n}}).to_string();
+        alice.connection().queue_sealed_text(&text).unwrap();
+    }
+    assert!(
+        bob.connection()
+            .recv_text(Duration::from_millis(300))
+            .unwrap()
+            .is_none(),
+        "queued messages were sent before flush"
+    );
+    alice.connection().flush().unwrap();
+    for n in 0..3 {
+        let text = bob
+            .connection()
+            .recv_text(WAIT)
+            .unwrap()
+            .expect("a queued message arrives after flush");
+        let relayed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(relayed["type"], "E2E_MSG", "{text}");
+        assert_eq!(relayed["from"], "alice", "{text}");
+        assert_eq!(relayed["payload"], json!({"n": n}), "{text}");
+    }
+}
