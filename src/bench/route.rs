@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -92,6 +92,9 @@ impl Stream<'_> {
         let mut text = String::with_capacity(self.pad.len() + 128);
         let mut sent = 0;
         let mut sender_checked = Instant::now();
+        // When the receiver last got one of our messages (other frames,
+        // such as user lists, do not count).
+        let mut progress_at = Instant::now();
         while tally.got.unique < self.msgs {
             if sent < self.msgs && sent - tally.got.unique < self.window {
                 while sent < self.msgs && sent - tally.got.unique < self.window {
@@ -103,14 +106,12 @@ impl Stream<'_> {
             }
             // At least one frame, then whatever the socket already holds.
             loop {
-                let text = rx.connection().recv_text(IDLE)?.ok_or_else(|| {
-                    anyhow!(
-                        "nothing for {IDLE:?} after {} messages (lost?)",
-                        tally.got.unique
-                    )
-                })?;
-                if tally.record(&text, self.epoch) {
+                let text = rx.connection().recv_text(IDLE)?;
+                if text.is_some_and(|text| tally.record(&text, self.epoch)) {
                     self.counts[pair].fetch_add(1, Ordering::Relaxed);
+                    progress_at = Instant::now();
+                } else if progress_at.elapsed() >= IDLE {
+                    bail!("no message for {IDLE:?} after {} (lost?)", tally.got.unique);
                 }
                 if !readable(rx) {
                     break;
