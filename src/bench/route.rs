@@ -96,12 +96,13 @@ impl Stream<'_> {
         // such as user lists, do not count).
         let mut progress_at = Instant::now();
         while tally.got.unique < self.msgs {
-            if sent < self.msgs && sent - tally.got.unique < self.window {
-                while sent < self.msgs && sent - tally.got.unique < self.window {
-                    self.write_message(&mut text, &to, sent);
-                    tx.connection().queue_sealed_text(&text)?;
-                    sent += 1;
-                }
+            let queued_from = sent;
+            while sent < self.msgs && sent - tally.got.unique < self.window {
+                self.write_message(&mut text, &to, sent);
+                tx.connection().queue_sealed_text(&text)?;
+                sent += 1;
+            }
+            if sent > queued_from {
                 tx.connection().flush()?;
             }
             // At least one frame, then whatever the socket already holds.
