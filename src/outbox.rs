@@ -188,6 +188,11 @@ impl Outbox {
         self.offline_waiting.swap(false, Ordering::SeqCst)
     }
 
+    /// Whether a user list waits to be sent.
+    pub fn has_user_list(&self) -> bool {
+        lock(&self.user_list).is_some()
+    }
+
     /// Takes the unsent user list.
     pub fn take_user_list(&self) -> Option<Arc<str>> {
         lock(&self.user_list).take()

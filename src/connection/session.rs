@@ -345,16 +345,20 @@ impl Session<'_> {
             return self.flush();
         }
         let mut budget = WRITE_BUDGET;
-        if let Some(list) = self.outbox.take_user_list() {
+        if self.outbox.has_user_list() {
             let services = self.services;
             // Sealed and handed to the socket (never waiting for the peer
             // to read) a few threads at a time: memory holds a few sealed
-            // copies, not one per online user.
+            // copies, not one per online user. The list is taken once the
+            // turn came: a broadcast that replaced it meanwhile is sealed
+            // instead of both.
             let _turn = services.list_gate.enter();
-            self.send(&list)?;
-            services.metrics.user_lists_sent.inc();
-            self.flush()?;
-            budget -= 1;
+            if let Some(list) = self.outbox.take_user_list() {
+                self.send(&list)?;
+                services.metrics.user_lists_sent.inc();
+                self.flush()?;
+                budget -= 1;
+            }
         }
         while budget > 0 && !self.write_blocked {
             let Some(text) = self.next_text() else { break };
