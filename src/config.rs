@@ -116,6 +116,10 @@ pub struct Settings {
     /// Presence traffic budget in bytes per second; the coalescing window grows to keep within it.
     #[arg(long, env = "CHAT_PRESENCE_BUDGET", default_value = "100000000")]
     pub presence_budget: String,
+    /// Presence changes within one coalescing window from which a user-list
+    /// request waits for that window's broadcast (a login burst); 0 = never.
+    #[arg(long, env = "CHAT_LIST_BURST", default_value = "32")]
+    pub list_burst: String,
 
     /// Seconds between WebSocket pings the server sends to a logged-in client.
     #[arg(long, env = "CHAT_PING_INTERVAL_SECS", default_value = "30")]
@@ -261,6 +265,7 @@ pub struct Config {
     pub outbox_capacity: usize,
     pub presence_window: Duration,
     pub presence_budget: u64,
+    pub list_burst: usize,
     /// How long relays wait for a new session's first command (PROTOCOL.md 3).
     pub ready_timeout: Duration,
     /// How long a login challenge stays valid.
@@ -362,6 +367,7 @@ impl Config {
                 &settings.presence_window_ms,
             )?),
             presence_budget: positive("CHAT_PRESENCE_BUDGET", &settings.presence_budget)?,
+            list_burst: parse("CHAT_LIST_BURST", &settings.list_burst)?,
             ready_timeout: Duration::from_secs(5),
             challenge_lifetime: Duration::from_secs(60),
             ping_interval: seconds("CHAT_PING_INTERVAL_SECS", &settings.ping_interval_secs)?,

@@ -27,7 +27,7 @@ use log::{info, warn};
 
 use crate::monitoring::Metrics;
 use crate::outbox::{CloseRequest, Outbox, Outgoing};
-use crate::presence::{fold, folded, Presence};
+use crate::presence::{fold, folded, Coalescing, Presence};
 use crate::protocol::{carries_peer_signature, messages, Payload, RelayKind};
 
 /// How long the dispatcher, once shut down, keeps answering the `Closed`
@@ -117,8 +117,7 @@ pub struct DispatcherSettings {
     pub ready_timeout: Duration,
     /// Relays that may wait for a session that is not ready yet.
     pub pending_limit: usize,
-    pub presence_window: Duration,
-    pub presence_budget: u64,
+    pub presence: Coalescing,
     /// Users online and routed relays are counted here.
     pub metrics: Metrics,
 }
@@ -165,11 +164,7 @@ impl Dispatcher {
         usernames: Vec<String>,
         settings: DispatcherSettings,
     ) -> Dispatcher {
-        let presence = Presence::new(
-            usernames,
-            settings.presence_window,
-            settings.presence_budget,
-        );
+        let presence = Presence::new(usernames, settings.presence.clone());
         Dispatcher {
             inbox,
             settings,
@@ -420,6 +415,10 @@ impl Dispatcher {
             }
             SessionCommand::Typing { to, is_typing } => self.typing(sender_name, &to, is_typing),
             SessionCommand::RequestUserList => {
+                if self.presence.request_waits_for_broadcast() {
+                    self.settings.metrics.list_requests_coalesced.inc();
+                    return;
+                }
                 let list = self.presence.snapshot();
                 if let Some(sender) = self.connections.get(&conn) {
                     sender.outbox.set_user_list(list);
@@ -671,8 +670,11 @@ mod tests {
         let settings = DispatcherSettings {
             ready_timeout: Duration::from_secs(5),
             pending_limit: 3,
-            presence_window: Duration::from_millis(100),
-            presence_budget: 100_000_000,
+            presence: Coalescing {
+                base_window: Duration::from_millis(100),
+                budget_bytes_per_sec: 100_000_000,
+                burst_changes: 3,
+            },
             metrics: Metrics::new(),
         };
         let names = users.iter().map(|name| name.to_string()).collect();
@@ -873,6 +875,31 @@ mod tests {
             list["users"][1],
             json!({"username": "bob", "isOnline": false})
         );
+    }
+
+    #[test]
+    fn list_requests_in_a_login_burst_are_answered_by_the_broadcast() {
+        let online = |list: &str| -> Vec<bool> {
+            let list: serde_json::Value = serde_json::from_str(list).unwrap();
+            let users = list["users"].as_array().unwrap().clone();
+            users.iter().map(|u| u["isOnline"] == json!(true)).collect()
+        };
+        let mut h = harness(&["ana", "bob", "cleo"]);
+        let ana = h.login(1, "ana", 8);
+        h.command(1, SessionCommand::RequestUserList);
+        let at_once = ana.outbox.take_user_list().expect("one login: at once");
+        assert_eq!(online(&at_once), [true, false, false]);
+        let bob = h.login(2, "bob", 8);
+        let cleo = h.login(3, "cleo", 8);
+        h.command(3, SessionCommand::RequestUserList);
+        assert_eq!(cleo.outbox.take_user_list(), None, "three logins: a burst");
+        h.dispatcher.fire_timers(h.now + Duration::from_millis(100));
+        for conn in [&ana, &bob, &cleo] {
+            let list = conn.outbox.take_user_list().expect("the broadcast");
+            assert_eq!(online(&list), [true, true, true]);
+        }
+        h.command(2, SessionCommand::RequestUserList);
+        assert!(bob.outbox.take_user_list().is_some(), "after it: at once");
     }
 
     #[test]

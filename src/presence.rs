@@ -33,6 +33,19 @@ pub fn folded(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// How presence changes are coalesced into broadcasts.
+#[derive(Debug, Clone)]
+pub struct Coalescing {
+    /// The shortest window: changes within it go out as one broadcast.
+    pub base_window: Duration,
+    /// Presence bytes per second; the window grows to keep within it.
+    pub budget_bytes_per_sec: u64,
+    /// Changes within one window from which the window counts as a login
+    /// burst: a `REQUEST_USER_LIST` is then answered by the window's
+    /// broadcast instead of a list of its own (0: never).
+    pub burst_changes: usize,
+}
+
 /// One registered user in the directory.
 #[derive(Debug)]
 struct Entry {
@@ -62,17 +75,14 @@ pub struct Presence {
     /// The serialised list for the current state, built on demand.
     cached: Option<Arc<str>>,
     broadcast_due: Option<Instant>,
-    base_window: Duration,
-    budget_bytes_per_sec: u64,
+    /// Changes since the pending broadcast was scheduled.
+    changes_pending: usize,
+    coalescing: Coalescing,
 }
 
 impl Presence {
     /// A directory of `names`, nobody online.
-    pub fn new(
-        names: impl IntoIterator<Item = String>,
-        base_window: Duration,
-        budget_bytes_per_sec: u64,
-    ) -> Presence {
+    pub fn new(names: impl IntoIterator<Item = String>, coalescing: Coalescing) -> Presence {
         let directory = names
             .into_iter()
             .map(|name| (fold(&name), Entry::offline(Arc::from(name))))
@@ -82,8 +92,11 @@ impl Presence {
             online: 0,
             cached: None,
             broadcast_due: None,
-            base_window,
-            budget_bytes_per_sec: budget_bytes_per_sec.max(1),
+            changes_pending: 0,
+            coalescing: Coalescing {
+                budget_bytes_per_sec: coalescing.budget_bytes_per_sec.max(1),
+                ..coalescing
+            },
         }
     }
 
@@ -141,11 +154,22 @@ impl Presence {
         self.broadcast_due
     }
 
+    /// Whether a `REQUEST_USER_LIST` should be left to the pending
+    /// broadcast: during a login burst every list sealed at once would be
+    /// outdated by that broadcast within one window, and sealing one list
+    /// (hundreds of KB at 10,000 users) per login is what would cap the
+    /// login rate. The requester is online, so the broadcast reaches it.
+    pub fn request_waits_for_broadcast(&self) -> bool {
+        let burst = self.coalescing.burst_changes;
+        self.broadcast_due.is_some() && burst > 0 && self.changes_pending >= burst
+    }
+
     /// Takes the pending broadcast if it is due at `now`.
     pub fn take_due_broadcast(&mut self, now: Instant) -> Option<Arc<str>> {
         match self.broadcast_due {
             Some(due) if due <= now => {
                 self.broadcast_due = None;
+                self.changes_pending = 0;
                 Some(self.snapshot())
             }
             _ => None,
@@ -159,6 +183,7 @@ impl Presence {
 
     fn changed(&mut self, now: Instant) {
         self.cached = None;
+        self.changes_pending += 1;
         if self.broadcast_due.is_none() {
             self.broadcast_due = Some(now + self.window());
         }
@@ -170,9 +195,14 @@ impl Presence {
     fn window(&self) -> Duration {
         let list_bytes = 45 * self.directory.len() as u64 + 48;
         let broadcast_bytes = sealed_frame_bytes(list_bytes).saturating_mul(self.online as u64);
+        let Coalescing {
+            base_window,
+            budget_bytes_per_sec,
+            ..
+        } = self.coalescing;
         let budget_window =
-            Duration::from_secs_f64(broadcast_bytes as f64 / self.budget_bytes_per_sec as f64);
-        budget_window.clamp(self.base_window, MAX_WINDOW.max(self.base_window))
+            Duration::from_secs_f64(broadcast_bytes as f64 / budget_bytes_per_sec as f64);
+        budget_window.clamp(base_window, MAX_WINDOW.max(base_window))
     }
 }
 
@@ -189,11 +219,18 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
+    fn coalescing(base_window: Duration, budget_bytes_per_sec: u64) -> Coalescing {
+        Coalescing {
+            base_window,
+            budget_bytes_per_sec,
+            burst_changes: 3,
+        }
+    }
+
     fn presence(names: &[&str]) -> Presence {
         Presence::new(
             names.iter().map(|name| name.to_string()),
-            Duration::from_millis(100),
-            100_000_000,
+            coalescing(Duration::from_millis(100), 100_000_000),
         )
     }
 
@@ -247,6 +284,44 @@ mod tests {
     }
 
     #[test]
+    fn list_requests_wait_for_the_broadcast_only_during_a_burst() {
+        let mut presence = presence(&["a", "b", "c", "d"]);
+        let start = Instant::now();
+        assert!(!presence.request_waits_for_broadcast(), "nothing pending");
+        presence.set_online("a", true, start);
+        presence.set_online("b", true, start);
+        assert!(
+            !presence.request_waits_for_broadcast(),
+            "2 changes: no burst"
+        );
+        presence.set_online("c", true, start);
+        assert!(presence.request_waits_for_broadcast(), "3 changes: a burst");
+        presence
+            .take_due_broadcast(start + Duration::from_millis(100))
+            .expect("due");
+        assert!(
+            !presence.request_waits_for_broadcast(),
+            "the burst went out"
+        );
+        presence.set_online("d", true, start + Duration::from_millis(150));
+        assert!(
+            !presence.request_waits_for_broadcast(),
+            "one change after it"
+        );
+
+        let mut never = Presence::new(
+            ["a", "b"].map(String::from),
+            Coalescing {
+                burst_changes: 0,
+                ..coalescing(Duration::from_millis(100), 1)
+            },
+        );
+        never.set_online("a", true, start);
+        never.set_online("b", true, start);
+        assert!(!never.request_waits_for_broadcast(), "0 turns it off");
+    }
+
+    #[test]
     fn snapshot_is_shared_until_something_changes() {
         let mut presence = presence(&["a"]);
         let first = presence.snapshot();
@@ -259,7 +334,7 @@ mod tests {
     /// `users` registered users, all online.
     fn everyone_online(users: usize, base_window: Duration, budget: u64) -> Presence {
         let names: Vec<String> = (0..users).map(|n| format!("user{n}")).collect();
-        let mut presence = Presence::new(names.clone(), base_window, budget);
+        let mut presence = Presence::new(names.clone(), coalescing(base_window, budget));
         let now = Instant::now();
         for name in &names {
             presence.set_online(name, true, now);

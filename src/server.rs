@@ -30,6 +30,7 @@ use crate::gate::Gate;
 use crate::http::Router;
 use crate::monitoring::{HealthHandler, MeteredStore, Metrics, MetricsHandler};
 use crate::password::{PasswordError, PasswordHasher};
+use crate::presence::Coalescing;
 use crate::quota::MailboxQuota;
 use crate::store::{MysqlSettings, MysqlStore, SqliteStore};
 use crate::store::{Store, StoreError};
@@ -139,8 +140,11 @@ impl ServerHandle {
         let settings = DispatcherSettings {
             ready_timeout: config.ready_timeout,
             pending_limit: config.outbox_capacity,
-            presence_window: config.presence_window,
-            presence_budget: config.presence_budget,
+            presence: Coalescing {
+                base_window: config.presence_window,
+                budget_bytes_per_sec: config.presence_budget,
+                burst_changes: config.list_burst,
+            },
             metrics: metrics.clone(),
         };
         let registered = usernames.len();

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// User lists sealed and sent (each online user gets at most the latest
     /// list of a broadcast; one still unsent is replaced, not sent twice).
     pub user_lists_sent: IntCounter,
+    /// `REQUEST_USER_LIST`s answered by the pending broadcast (a login
+    /// burst) rather than by a list of their own.
+    pub list_requests_coalesced: IntCounter,
     /// Messages written to the offline store.
     pub offline_stored: IntCounter,
     /// Offline messages delivered (written to the recipient, then deleted).
@@ -81,6 +84,10 @@ impl Metrics {
                 "User lists handed to every online user",
             ),
             user_lists_sent: counter("user_lists_sent_total", "User lists sealed and sent"),
+            list_requests_coalesced: counter(
+                "user_list_requests_coalesced_total",
+                "User list requests answered by the pending broadcast of a login burst",
+            ),
             offline_stored: counter(
                 "offline_stored_total",
                 "Messages written to the offline store",
@@ -121,7 +128,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(self.connections_open.clone()),
             Box::new(self.users_online.clone()),
             Box::new(self.frames_in.clone()),
@@ -129,6 +136,7 @@ impl Metrics {
             Box::new(self.messages_routed.clone()),
             Box::new(self.presence_broadcasts.clone()),
             Box::new(self.user_lists_sent.clone()),
+            Box::new(self.list_requests_coalesced.clone()),
             Box::new(self.offline_stored.clone()),
             Box::new(self.offline_delivered.clone()),
             Box::new(self.offline_expired.clone()),
