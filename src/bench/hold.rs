@@ -69,6 +69,9 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
     let converge_timeout = Duration::from_secs(args.converge_timeout);
     // What the drain thread read from the held clients' sockets, in bytes.
     let drained_bytes = AtomicU64::new(0);
+    // When the drain thread last read a user list's worth of bytes (ns
+    // after `start`): when the last held client got its last list.
+    let last_list_read = AtomicU64::new(0);
     std::thread::scope(|s| {
         for mut obs in observers.drain(..) {
             let (stop, observed, targets, converged) = (&stop, &observed, &targets, &converged);
@@ -109,7 +112,14 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
                 obs.close();
             });
         }
-        s.spawn(|| drain_sockets(&drained, &stop, &drained_bytes));
+        s.spawn(|| {
+            let seen = Drained {
+                bytes: &drained_bytes,
+                last_list_read: &last_list_read,
+                start,
+            };
+            drain_sockets(&drained, &stop, &seen)
+        });
         let progress = Progress::new("hold: login", n);
         std::thread::scope(|p| {
             for _ in 0..args.threads.max(1) {
@@ -144,17 +154,25 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         });
         last_login = Instant::now();
         progress.finish();
-        // Wait for the observers to converge, or the timeout.
+        // Wait for the observers to converge, then for the held clients'
+        // lists to stop coming, or the timeout.
         let deadline = last_login + converge_timeout;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
-            if converged.load(Ordering::Relaxed) >= args.observers {
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(last_list_read.load(Ordering::Relaxed)));
+            let drain_done = !args.drain || quiet >= LISTS_SETTLED_AFTER;
+            if converged.load(Ordering::Relaxed) >= args.observers && drain_done {
                 break;
             }
         }
         stop.store(true, Ordering::Relaxed);
     });
     let login_secs = last_login.duration_since(start).as_secs_f64();
+    let settled_secs = args.drain.then(|| {
+        Duration::from_nanos(last_list_read.load(Ordering::Relaxed)).as_secs_f64() - login_secs
+    });
     let failures = failures.into_inner().unwrap();
     let connected = clients.lock().unwrap().len();
     let server = args.server_pid.map(ProcSample::read).transpose()?;
@@ -205,11 +223,12 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         "list_bytes_all_clients_estimate": per_obs_bytes * (n + args.observers) as u64,
         "bytes_read_by_held_clients": drained_bytes.load(Ordering::Relaxed),
     });
-    if args.drain {
+    if let Some(settled) = settled_secs {
         println!(
-            "  held clients read {} bytes in all after their login (raw WebSocket bytes, user lists nearly all of it)",
+            "  held clients read {} bytes in all after their login (raw WebSocket bytes, user lists nearly all of it); the last list reached them {settled:.3} s after the last login",
             drained_bytes.load(Ordering::Relaxed)
         );
+        out["lists_settled_secs_after_last_login"] = json!(round(settled * 1000.0) / 1000.0);
     }
     if let Some(sv) = server {
         println!(
@@ -236,54 +255,89 @@ fn raw_fd(client: &mut Client) -> i32 {
     client.connection().websocket_mut().get_ref().as_raw_fd()
 }
 
+/// A read this big is (part of) a user list, not a ping.
+const LIST_READ_BYTES: isize = 1024;
+
+/// How long the held clients must have read no list for their lists to
+/// count as settled.
+const LISTS_SETTLED_AFTER: Duration = Duration::from_secs(2);
+
+/// What the drain thread counts.
+struct Drained<'a> {
+    bytes: &'a AtomicU64,
+    /// Nanoseconds after `start` of the last read of [`LIST_READ_BYTES`]
+    /// or more.
+    last_list_read: &'a AtomicU64,
+    start: Instant,
+}
+
 /// Reads and discards whatever arrives on the sockets in `fds` until `stop`,
-/// counting the bytes into `total`.
-fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool, total: &AtomicU64) {
+/// counting into `seen`. Waits with epoll: polling 10,000 descriptors on
+/// every turn took a tenth of the box during a login storm.
+fn drain_sockets(fds: &Mutex<Vec<i32>>, stop: &AtomicBool, seen: &Drained) {
+    // SAFETY: plain syscall; the descriptor is closed below.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        eprintln!(
+            "hold: epoll_create1 failed: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
     let mut buffer = vec![0u8; 256 * 1024];
-    let mut polled: Vec<libc::pollfd> = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut watched = 0;
     while !stop.load(Ordering::Relaxed) {
         {
             let fds = fds.lock().unwrap();
-            polled.truncate(fds.len().min(polled.len()));
-            for &fd in &fds[polled.len()..] {
-                polled.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-        }
-        if polled.is_empty() {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        // SAFETY: `polled` is a live array of initialised pollfd structs.
-        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 50) };
-        if ready <= 0 {
-            continue;
-        }
-        for p in polled.iter_mut().filter(|p| p.revents != 0) {
-            p.revents = 0;
-            // Non-blocking reads until the socket is empty; an error or
-            // end of stream just leaves this client alone.
-            loop {
-                // SAFETY: reads into our own buffer of the given length.
-                let got = unsafe {
-                    libc::recv(
-                        p.fd,
-                        buffer.as_mut_ptr().cast(),
-                        buffer.len(),
-                        libc::MSG_DONTWAIT,
-                    )
+            for &fd in &fds[watched..] {
+                let mut event = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: fd as u64,
                 };
-                if got <= 0 {
-                    if got == 0 {
-                        p.fd = -p.fd - 1; // poll ignores negative descriptors
-                    }
-                    break;
-                }
-                total.fetch_add(got as u64, Ordering::Relaxed);
+                // SAFETY: registers a live socket of a held client.
+                unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
             }
+            watched = fds.len();
+        }
+        // SAFETY: `events` is a live array of the given length.
+        let ready =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 50) };
+        for event in events.iter().take(ready.max(0) as usize) {
+            let fd = event.u64 as i32;
+            if !drain_one(fd, &mut buffer, seen) {
+                // SAFETY: stops watching a socket at end of stream.
+                unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+            }
+        }
+    }
+    // SAFETY: our own epoll descriptor, closed once.
+    unsafe { libc::close(epoll) };
+}
+
+/// Non-blocking reads from `fd` until it is empty; false at end of stream
+/// or on an error (that client is left alone from then on).
+fn drain_one(fd: i32, buffer: &mut [u8], seen: &Drained) -> bool {
+    loop {
+        // SAFETY: reads into our own buffer of the given length.
+        let got = unsafe {
+            libc::recv(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if got == 0 {
+            return false;
+        }
+        if got < 0 {
+            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+        }
+        seen.bytes.fetch_add(got as u64, Ordering::Relaxed);
+        if got >= LIST_READ_BYTES {
+            let at = seen.start.elapsed().as_nanos() as u64;
+            seen.last_list_read.store(at, Ordering::Relaxed);
         }
     }
 }
