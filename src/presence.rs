@@ -74,9 +74,13 @@ pub struct Presence {
     online: usize,
     /// The serialised list for the current state, built on demand.
     cached: Option<Arc<str>>,
+    /// When to check next whether the pending broadcast may go.
     broadcast_due: Option<Instant>,
-    /// Changes since the pending broadcast was scheduled.
+    /// The first change not broadcast yet.
+    pending_since: Option<Instant>,
+    /// Changes not broadcast yet.
     changes_pending: usize,
+    last_broadcast: Option<Instant>,
     coalescing: Coalescing,
 }
 
@@ -92,7 +96,9 @@ impl Presence {
             online: 0,
             cached: None,
             broadcast_due: None,
+            pending_since: None,
             changes_pending: 0,
+            last_broadcast: None,
             coalescing: Coalescing {
                 budget_bytes_per_sec: coalescing.budget_bytes_per_sec.max(1),
                 ..coalescing
@@ -164,16 +170,26 @@ impl Presence {
         self.broadcast_due.is_some() && burst > 0 && self.changes_pending >= burst
     }
 
-    /// Takes the pending broadcast if it is due at `now`.
+    /// Takes the pending broadcast if it may go at `now`. When the check
+    /// was due but the budget, weighed with who is online now, says later,
+    /// the check moves to then.
     pub fn take_due_broadcast(&mut self, now: Instant) -> Option<Arc<str>> {
-        match self.broadcast_due {
-            Some(due) if due <= now => {
-                self.broadcast_due = None;
-                self.changes_pending = 0;
-                Some(self.snapshot())
-            }
-            _ => None,
+        let (Some(due), Some(since)) = (self.broadcast_due, self.pending_since) else {
+            return None;
+        };
+        if due > now {
+            return None;
         }
+        let ready = self.ready_at(since);
+        if ready > now {
+            self.broadcast_due = Some(ready);
+            return None;
+        }
+        self.broadcast_due = None;
+        self.pending_since = None;
+        self.changes_pending = 0;
+        self.last_broadcast = Some(now);
+        Some(self.snapshot())
     }
 
     /// Number of users online.
@@ -184,14 +200,29 @@ impl Presence {
     fn changed(&mut self, now: Instant) {
         self.cached = None;
         self.changes_pending += 1;
-        if self.broadcast_due.is_none() {
-            self.broadcast_due = Some(now + self.window());
+        if self.pending_since.is_none() {
+            self.pending_since = Some(now);
+            self.broadcast_due = Some(self.ready_at(now));
         }
     }
 
-    /// The coalescing window: the base window, stretched so that one
-    /// broadcast per window (sealed list size x online users) stays within
-    /// budget.
+    /// When changes pending since `since` may be broadcast: one base window
+    /// after the first of them, and one budget window after the previous
+    /// broadcast, so presence traffic keeps within the budget however fast
+    /// users come online. That is never later than [`MAX_WINDOW`] after the
+    /// first change: the budget window is capped, and the previous
+    /// broadcast went before that change.
+    fn ready_at(&self, since: Instant) -> Instant {
+        let coalesced = since + self.coalescing.base_window;
+        let spaced = self
+            .last_broadcast
+            .map_or(coalesced, |last| last + self.window());
+        coalesced.max(spaced)
+    }
+
+    /// The budget window: the base window, stretched so that one broadcast
+    /// to everyone online now (sealed list size x online users) per window
+    /// stays within budget.
     fn window(&self) -> Duration {
         let list_bytes = 45 * self.directory.len() as u64 + 48;
         let broadcast_bytes = sealed_frame_bytes(list_bytes).saturating_mul(self.online as u64);
@@ -352,6 +383,41 @@ mod tests {
         let window = presence.window();
         assert!(window > Duration::from_millis(590), "{window:?}");
         assert!(window < Duration::from_millis(610), "{window:?}");
+    }
+
+    #[test]
+    fn broadcasts_keep_within_the_budget_weighed_when_they_go() {
+        let ms = Duration::from_millis;
+        // 1,000 registered users: lists of ~60 KB sealed; at 10 MB/s a
+        // broadcast to 101 online users needs ~0.6 s, to 1,000 ~6 s.
+        let names: Vec<String> = (0..1000).map(|n| format!("user{n}")).collect();
+        let mut presence = Presence::new(names.clone(), coalescing(ms(100), 10_000_000));
+        let start = Instant::now();
+        for name in &names[..100] {
+            presence.set_online(name, true, start);
+        }
+        let first = start + ms(100);
+        assert_eq!(presence.broadcast_due(), Some(first), "no broadcast before");
+        assert!(presence.take_due_broadcast(first).is_some());
+
+        presence.set_online(&names[100], true, first + ms(10));
+        let due = presence.broadcast_due().expect("pending");
+        assert!(due > first + ms(600) && due < first + ms(620), "{due:?}");
+        for name in &names[101..] {
+            presence.set_online(name, true, first + ms(20));
+        }
+        assert!(presence.take_due_broadcast(due).is_none(), "weighed again");
+        let later = presence.broadcast_due().expect("still pending");
+        assert!(
+            later > first + ms(6000) && later < first + ms(6100),
+            "{later:?}"
+        );
+        assert!(presence.take_due_broadcast(later).is_some());
+
+        // After a quiet spell, one change goes out a base window later.
+        let quiet = later + ms(60_000);
+        presence.set_online(&names[0], false, quiet);
+        assert_eq!(presence.broadcast_due(), Some(quiet + ms(100)));
     }
 
     #[test]
