@@ -405,6 +405,71 @@ fn presence_bursts_are_coalesced(backend: Backend) {
 
 both_stores!(presence_bursts_are_coalesced);
 
+/// Lists among `events`.
+fn user_lists(events: Vec<Event>) -> Vec<Vec<(String, bool)>> {
+    events
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::UserList(list) => Some(list),
+            _ => None,
+        })
+        .collect()
+}
+
+/// In a login burst, a user who asks for the list gets the broadcast that
+/// follows the burst (one list, everyone online), not a list of its own
+/// as well; a login on its own is answered at once.
+fn list_requests_of_a_login_burst_get_the_broadcast(backend: Backend) {
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.presence_window = Duration::from_millis(2500);
+        config.list_burst = 4;
+    }) else {
+        return;
+    };
+    let names: Vec<String> = (0..8).map(|n| format!("burst{n}")).collect();
+    let identities: Vec<_> = names.iter().map(|n| common::register(&server, n)).collect();
+    let late = common::register(&server, "late");
+    // Let the registrations' broadcast go (to nobody online).
+    std::thread::sleep(Duration::from_millis(2600));
+    let mut clients: Vec<Client> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .zip(&identities)
+            .map(|(name, id)| {
+                let url = &server.url;
+                scope.spawn(move || {
+                    let mut client = Client::connect(url).unwrap();
+                    let reply = client.login_challenge(name, id).unwrap();
+                    assert!(reply.is_success(), "login {name}: {reply:?}");
+                    client
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Eight logins waiting for one broadcast: a burst. Now the clients
+    // open their home screens (user list, then offline messages).
+    for client in &mut clients {
+        client.open_home().unwrap();
+    }
+    // The broadcast goes 2.5 s after the first login; then every list is in.
+    let mut wait = Duration::from_millis(3500);
+    for (client, name) in clients.iter_mut().zip(&names) {
+        let lists = user_lists(client.drain_events(wait).unwrap());
+        wait = Duration::from_millis(300);
+        assert_eq!(lists.len(), 1, "{name}: only the broadcast: {lists:?}");
+        let online = lists[0].iter().filter(|(_, online)| *online).count();
+        assert_eq!(online, 8, "{name}: {:?}", lists[0]);
+    }
+    let mut alone = login(&server, "late", &late);
+    alone.request_user_list().unwrap();
+    let list = alone.wait_user_list(WAIT).expect("at once");
+    assert!(list.contains(&("late".to_string(), true)), "{list:?}");
+    assert_eq!(list.iter().filter(|(_, online)| *online).count(), 9);
+}
+
+both_stores!(list_requests_of_a_login_burst_get_the_broadcast);
+
 /// The client library's low-level calls, as the benchmark uses them: a
 /// short wait after a long one still ends on time (the socket's read
 /// timeout is set again when it must shrink), messages queued with
