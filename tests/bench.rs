@@ -122,7 +122,11 @@ fn hold_scenario() {
     assert_eq!(v["failed"], 0, "{v}");
     assert!(v["converged_secs_after_last_login"].is_number(), "{v}");
     assert!(v["list_bytes_per_observer"].as_u64().unwrap() > 0, "{v}");
-    assert!(v["bytes_read_by_held_clients"].is_u64(), "{v}");
+    assert!(v["bytes_read_by_held_clients"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["lists_settled_secs_after_last_login"].is_f64(),
+        "the drain saw the held clients' lists: {v}"
+    );
 }
 
 #[test]

@@ -170,9 +170,12 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         stop.store(true, Ordering::Relaxed);
     });
     let login_secs = last_login.duration_since(start).as_secs_f64();
-    let settled_secs = args.drain.then(|| {
-        Duration::from_nanos(last_list_read.load(Ordering::Relaxed)).as_secs_f64() - login_secs
-    });
+    let settled_secs = match last_list_read.load(Ordering::Relaxed) {
+        0 => None,
+        at => args
+            .drain
+            .then(|| Duration::from_nanos(at).as_secs_f64() - login_secs),
+    };
     let failures = failures.into_inner().unwrap();
     let connected = clients.lock().unwrap().len();
     let server = args.server_pid.map(ProcSample::read).transpose()?;
@@ -255,8 +258,10 @@ fn raw_fd(client: &mut Client) -> i32 {
     client.connection().websocket_mut().get_ref().as_raw_fd()
 }
 
-/// A read this big is (part of) a user list, not a ping.
-const LIST_READ_BYTES: isize = 1024;
+/// A read this big is (part of) a sealed frame, not a ping (2 bytes): a
+/// held client is sent user lists, and the answer to its mailbox request
+/// right after its login.
+const LIST_READ_BYTES: isize = 100;
 
 /// How long the held clients must have read no list for their lists to
 /// count as settled.
