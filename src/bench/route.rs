@@ -24,6 +24,9 @@ use crate::client::{Client, ClientRenewalMode, ConnectOptions};
 /// How long a receiver waits for the next message before calling it lost.
 const IDLE: Duration = Duration::from_secs(10);
 
+/// How long a receiver's read after the first of a turn waits for a message.
+const FOLLOW_UP: Duration = Duration::from_millis(1);
+
 /// How often a pair looks for frames on its sender's connection.
 const SENDER_CHECK: Duration = Duration::from_millis(5);
 
@@ -105,14 +108,23 @@ impl Stream<'_> {
             if sent > queued_from {
                 tx.connection().flush()?;
             }
-            // At least one frame, then whatever the socket already holds.
+            // One message (waiting for it), then whatever the socket already
+            // holds. Only the first read may wait long: if what is left is a
+            // renewal frame and every message sent has come, a long wait for
+            // a message would wait for one the sender has not been given.
+            let mut wait = IDLE;
             loop {
-                let text = rx.connection().recv_text(IDLE)?;
+                let text = rx.connection().recv_text(wait)?;
+                wait = FOLLOW_UP;
                 if text.is_some_and(|text| tally.record(&text, self.epoch)) {
                     self.counts[pair].fetch_add(1, Ordering::Relaxed);
                     progress_at = Instant::now();
                 } else if progress_at.elapsed() >= IDLE {
-                    bail!("no message for {IDLE:?} after {} (lost?)", tally.got.unique);
+                    bail!(
+                        "no message for {IDLE:?} after {} of {sent} sent (lost?); {}",
+                        tally.got.unique,
+                        channel_states(tx, rx)
+                    );
                 }
                 if !readable(rx) {
                     break;
@@ -141,6 +153,23 @@ impl Stream<'_> {
             self.pad
         );
     }
+}
+
+/// Where both connections of a stuck pair stand in their key renewals.
+fn channel_states(tx: &mut Client, rx: &mut Client) -> String {
+    let state = |client: &mut Client| {
+        let channel = client.connection().channel();
+        format!(
+            "{} renewals{}",
+            channel.renewals_completed(),
+            if channel.renewal_in_flight() {
+                ", one in flight"
+            } else {
+                ""
+            }
+        )
+    };
+    format!("sender {}, receiver {}", state(tx), state(rx))
 }
 
 /// What a pair's receiver has seen so far.
@@ -310,6 +339,10 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
     );
     println!("  latency {}", p.human());
     println!("  lost {lost}, duplicated {duplicates}, reordered {reordered}; receiver renewals {renewals}; bench CPU {own_cpu:.2} s");
+    let errors = errors.into_inner().unwrap();
+    for error in &errors {
+        println!("  error: {error}");
+    }
     if let Some(path) = &args.plot {
         let title = format!(
             "route: {k} pairs, window {}, {} B: {delivered} messages, {rate:.0} msgs/s",
@@ -334,7 +367,7 @@ pub fn run(url: &str, args: &RouteArgs) -> Result<Value> {
         "reordered": reordered,
         "renewals_completed": renewals,
         "bench_cpu_secs": round(own_cpu * 100.0) / 100.0,
-        "errors": errors.into_inner().unwrap(),
+        "errors": errors,
     });
     if let (Some(b), Some(a)) = (before, after) {
         let cpu = a.cpu_secs - b.cpu_secs;
@@ -364,4 +397,87 @@ fn readable(client: &mut Client) -> bool {
     // SAFETY: one valid pollfd, zero timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{Inbound, RenewalPolicy, ServerChannel};
+    use crate::protocol::{self, ChatCommand};
+    use std::net::{TcpListener, TcpStream};
+    use tungstenite::{Message, WebSocket};
+
+    /// One side of the scripted server: the upgrade and the channel
+    /// handshake.
+    fn accept(listener: &TcpListener) -> (WebSocket<TcpStream>, ServerChannel) {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        let Message::Text(start) = ws.read().unwrap() else {
+            panic!("no HANDSHAKE_START");
+        };
+        let policy = RenewalPolicy::default();
+        let (channel, response) =
+            ServerChannel::accept_handshake(&start, policy, Instant::now()).unwrap();
+        ws.send(Message::Text(response)).unwrap();
+        (ws, channel)
+    }
+
+    /// A relay server that follows each relayed message, in the same write,
+    /// with a renegotiation frame bigger than a socket read of the client's
+    /// (4 KiB): after reading the message, the receiver's socket still
+    /// holds the rest of that frame.
+    fn scripted_server(listener: TcpListener, msgs: u64) {
+        let (mut rx, mut rx_channel) = accept(&listener);
+        let (mut tx, mut tx_channel) = accept(&listener);
+        let control = format!(
+            r#"{{"type":"RENEGOTIATE_NOTE","pad":"{}"}}"#,
+            "x".repeat(12_000)
+        );
+        for _ in 0..msgs {
+            let Message::Text(frame) = tx.read().unwrap() else {
+                panic!("not a text frame");
+            };
+            let now = Instant::now();
+            let Ok(Inbound::Routed(ChatCommand::Relay { kind, payload, .. })) =
+                tx_channel.open(&frame, now)
+            else {
+                panic!("not a relay");
+            };
+            let relayed = protocol::relay(kind, "sender", &payload);
+            rx.write(Message::Text(rx_channel.seal(&relayed, now)))
+                .unwrap();
+            rx.write(Message::Text(rx_channel.seal(&control, now)))
+                .unwrap();
+            rx.flush().unwrap();
+        }
+        // Hold the connections until the client is done with them.
+        let _ = rx.read();
+    }
+
+    #[test]
+    fn a_renewal_frame_left_in_the_socket_does_not_stall_a_pair() {
+        let msgs = 3;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || scripted_server(listener, msgs));
+        let options = ConnectOptions::default();
+        let mut rx = Client::connect_with(&url, &options).unwrap();
+        let mut tx = Client::connect_with(&url, &options).unwrap();
+        let counts = [AtomicU64::new(0)];
+        let errors = Mutex::new(Vec::new());
+        let stream = Stream {
+            counts: &counts,
+            errors: &errors,
+            epoch: Instant::now(),
+            msgs,
+            window: 1,
+            pad: "x",
+        };
+        let got = stream.run_pair(0, &mut tx, &mut rx, "receiver");
+        // Before the fix: "no message for 10s after 1 of 1 sent (lost?)".
+        assert_eq!(errors.into_inner().unwrap(), Vec::<String>::new());
+        assert_eq!(got.unique, msgs);
+        rx.close();
+        server.join().unwrap();
+    }
 }
