@@ -881,7 +881,7 @@ mod tests {
     fn list_requests_in_a_login_burst_are_answered_by_the_broadcast() {
         let online = |list: &str| -> Vec<bool> {
             let list: serde_json::Value = serde_json::from_str(list).unwrap();
-            let users = list["users"].as_array().unwrap().clone();
+            let users = list["users"].as_array().unwrap();
             users.iter().map(|u| u["isOnline"] == json!(true)).collect()
         };
         let mut h = harness(&["ana", "bob", "cleo"]);

@@ -170,12 +170,10 @@ pub fn run(url: &str, args: &HoldArgs) -> Result<Value> {
         stop.store(true, Ordering::Relaxed);
     });
     let login_secs = last_login.duration_since(start).as_secs_f64();
-    let settled_secs = match last_list_read.load(Ordering::Relaxed) {
-        0 => None,
-        at => args
-            .drain
-            .then(|| Duration::from_nanos(at).as_secs_f64() - login_secs),
-    };
+    // Zero: the drain read no list (or did not run, `--no-drain`).
+    let last_read = last_list_read.load(Ordering::Relaxed);
+    let settled_secs =
+        (last_read != 0).then(|| Duration::from_nanos(last_read).as_secs_f64() - login_secs);
     let failures = failures.into_inner().unwrap();
     let connected = clients.lock().unwrap().len();
     let server = args.server_pid.map(ProcSample::read).transpose()?;
