@@ -56,8 +56,11 @@ pub const CONNECTION_STACK_BYTES: usize = if cfg!(debug_assertions) {
 };
 
 /// Envelopes that may wait for the dispatcher; a full queue makes
-/// connection threads wait (backpressure), never the dispatcher.
-const DISPATCH_QUEUE: usize = 65_536;
+/// connection threads wait (backpressure), never the dispatcher. The queue
+/// is a ring that every envelope walks through, whatever its occupancy: a
+/// small one stays in the CPU's cache (65,536 slots, 7.5 MB, missed it on
+/// every send and receive: ~4% of the server's routing time).
+const DISPATCH_QUEUE: usize = 4_096;
 
 /// How long `shutdown` waits for connection threads to finish.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);

@@ -413,7 +413,7 @@ impl Authenticator<'_> {
         if self
             .services
             .dispatcher
-            .send(Envelope::Login(request))
+            .send(Envelope::Login(Box::new(request)))
             .is_err()
         {
             return self.server_error("server shutting down");
