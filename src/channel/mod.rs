@@ -13,12 +13,14 @@ mod frame;
 mod keyring;
 mod messages;
 mod renewal;
+mod replay;
 mod server;
 
 pub use client::{ClientChannel, ClientHandshake, ClientInbound, ClientRenewalMode};
 pub use frame::Frame;
 pub use messages::Object;
 pub use renewal::{PolicyError, RenewalPolicy};
+pub use replay::REPLAY_WINDOW;
 pub use server::{Inbound, ServerChannel};
 
 use crate::crypto::CryptoError;
