@@ -456,43 +456,57 @@ function renderUsers() {
   for (const count of state.unread.values()) unreadTotal += count;
   document.title = unreadTotal ? `(${unreadTotal}) Secure chat` : 'Secure chat';
   const list = $('user-list');
-  list.replaceChildren();
   const others = state.users.filter((u) => !state.me || lower(u.username) !== lower(state.me));
-  if (!others.length) {
-    const li = document.createElement('li');
-    li.className = 'empty';
-    li.textContent = 'Nobody else has registered yet.';
-    list.append(li);
-  }
-  for (const user of others) {
-    const li = document.createElement('li');
+  const shown = new Map();
+  for (const button of list.querySelectorAll('button.user')) shown.set(button.dataset.user, button.parentElement);
+  const items = others.length ? others.map((user) => userItem(shown.get(user.username), user)) : [emptyItem()];
+  // Update in place, moving only what is out of order: a button replaced
+  // between the press and the release of a click (a presence update or a
+  // message arriving) would lose that click.
+  items.forEach((item, i) => {
+    if (list.children[i] !== item) list.insertBefore(item, list.children[i] || null);
+  });
+  while (list.children.length > items.length) list.lastElementChild.remove();
+}
+
+function emptyItem() {
+  const li = document.createElement('li');
+  li.className = 'empty';
+  li.textContent = 'Nobody else has registered yet.';
+  return li;
+}
+
+/** The list item of `user`: `li` (already shown) brought up to date, or a new one. */
+function userItem(li, user) {
+  if (!li) {
+    li = document.createElement('li');
     const button = document.createElement('button');
     button.type = 'button';
     button.className = 'user';
     button.dataset.user = user.username;
-    const unread = state.unread.get(lower(user.username)) || 0;
-    const presence = !state.channel ? 'status unknown while reconnecting' : user.isOnline ? 'online' : 'offline';
-    const label = `${user.username}, ${presence}${unread ? `, ${unread} unread` : ''}`;
-    button.setAttribute('aria-label', label);
-    if (state.selected && lower(state.selected) === lower(user.username)) button.setAttribute('aria-current', 'true');
     const dot = document.createElement('span');
-    dot.className = state.channel && user.isOnline ? 'dot online' : 'dot';
     dot.setAttribute('aria-hidden', 'true');
     const name = document.createElement('span');
     name.className = 'name';
     name.textContent = user.username;
-    button.append(dot, name);
-    if (unread) {
-      const badge = document.createElement('span');
-      badge.className = 'badge';
-      badge.setAttribute('aria-hidden', 'true');
-      badge.textContent = String(unread);
-      button.append(badge);
-    }
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.setAttribute('aria-hidden', 'true');
+    button.append(dot, name, badge);
     button.addEventListener('click', () => selectPeer(user.username));
     li.append(button);
-    list.append(li);
   }
+  const button = li.firstElementChild;
+  const [dot, , badge] = button.children;
+  const unread = state.unread.get(lower(user.username)) || 0;
+  const presence = !state.channel ? 'status unknown while reconnecting' : user.isOnline ? 'online' : 'offline';
+  button.setAttribute('aria-label', `${user.username}, ${presence}${unread ? `, ${unread} unread` : ''}`);
+  if (state.selected && lower(state.selected) === lower(user.username)) button.setAttribute('aria-current', 'true');
+  else button.removeAttribute('aria-current');
+  dot.className = state.channel && user.isOnline ? 'dot online' : 'dot';
+  badge.hidden = !unread;
+  badge.textContent = unread ? String(unread) : '';
+  return li;
 }
 
 function selectPeer(name) {

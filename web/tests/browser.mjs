@@ -190,9 +190,21 @@ try {
   await annPage.locator('#messages li.mine', { hasText: 'stored on the server' }).waitFor();
   benPage = await newPage(benContext, 'ben', lanUrl);
   await connected(benPage, ben);
-  await open(benPage, ann);
+  // Ben presses Ann's name, and a message from her is shown (the list is
+  // drawn again) before he lets go: the tap must still open the chat.
+  const annButton = benPage.locator(`button.user[data-user="${ann}"]`);
+  await annButton.waitFor();
+  const box = await annButton.boundingBox();
+  await benPage.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await benPage.mouse.down();
+  await say(annPage, 'Sent while you pressed my name');
+  await annButton.locator('.badge', { hasText: '2' }).waitFor();
+  await benPage.mouse.up();
+  await benPage.locator('#peer-name', { hasText: ann }).waitFor();
   await sees(benPage, 'Written while you were away');
+  await sees(benPage, 'Sent while you pressed my name');
   ok('a message to an offline browser user arrives at the next login (logged in again with the kept key)');
+  ok('a name pressed while a message arrives still opens the chat');
 
   await annPage.reload();
   await connected(annPage, ann);
