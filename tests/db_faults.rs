@@ -75,3 +75,30 @@ fn database_lost_and_back_while_running() {
     }
     assert!(server.store.find_user("dave").unwrap().is_some());
 }
+
+/// Pooled connections that the database closed (here with `KILL`, as a
+/// restart or `wait_timeout` would) are not handed out again: the
+/// requests right after succeed, as when nothing happened.
+#[test]
+fn connections_the_database_closed_are_not_used_again() {
+    use mysql::prelude::Queryable;
+    let Some(db) = mysql_test_db() else { return };
+    let store = MysqlStore::connect(&db.settings, 4).unwrap();
+    assert_eq!(store.find_user("nobody").unwrap(), None);
+    let mut admin = mysql::Conn::new(db.settings.database_opts()).unwrap();
+    let ids: Vec<u64> = admin
+        .exec(
+            "SELECT id FROM information_schema.PROCESSLIST WHERE db = ? AND id <> CONNECTION_ID()",
+            (db.settings.database.clone(),),
+        )
+        .unwrap();
+    assert!(!ids.is_empty(), "the store holds a pooled connection");
+    for id in &ids {
+        admin.query_drop(format!("KILL {id}")).unwrap();
+    }
+    // Let the kills reach the pooled sockets.
+    thread::sleep(Duration::from_millis(200));
+    for _ in 0..8 {
+        assert_eq!(store.find_user("nobody").unwrap(), None);
+    }
+}

@@ -19,6 +19,10 @@ use ::mysql::{
     Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, TxOpts, Value,
 };
 
+mod loan;
+
+use loan::Loan;
+
 use super::{
     delete_chunks, placeholders, DeletedUser, NewOffline, OfflineMessage, OfflineStats, Store,
     StoreError, UserRecord, UserSummary, PURGE_BATCH,
@@ -159,6 +163,8 @@ impl PayloadLimit {
 /// [`Store`] on MySQL or MariaDB through a bounded `mysql::Pool`.
 pub struct MysqlStore {
     pool: Pool,
+    /// Most connections the pool opens.
+    pool_max: usize,
     settings: MysqlSettings,
     limit: PayloadLimit,
     /// The id step between the rows of one multi-row `INSERT`, when the
@@ -189,7 +195,10 @@ impl MysqlStore {
                 .with_constraints(constraints)
                 // Keep the per-connection prepared statement cache: we never
                 // change session state, so resetting buys nothing.
-                .with_reset_connection(false),
+                .with_reset_connection(false)
+                // No `COM_PING` before every statement: a checkout looks at
+                // the socket instead (`loan.rs`), where it can.
+                .with_check_health(!cfg!(unix)),
         );
         let pool = Pool::new(opts).map_err(|e| {
             let err = map_err(e);
@@ -202,6 +211,7 @@ impl MysqlStore {
         })?;
         let mut store = MysqlStore {
             pool,
+            pool_max: max,
             settings: settings.clone(),
             limit: PayloadLimit {
                 max_bytes: 0,
@@ -228,8 +238,19 @@ impl MysqlStore {
         self.limit.max_bytes
     }
 
-    fn conn(&self) -> Result<PooledConn, StoreError> {
-        self.pool.try_get_conn(ACQUIRE_TIMEOUT).map_err(map_err)
+    /// A live pooled connection. Each connection the pool holds may have
+    /// been closed by the server (after a restart, all of them): those are
+    /// dropped, and past `pool_max` of them a new one is the last try.
+    fn conn(&self) -> Result<Loan, StoreError> {
+        for _ in 0..=self.pool_max {
+            let conn = self.pool.try_get_conn(ACQUIRE_TIMEOUT).map_err(map_err)?;
+            if let Some(loan) = Loan::check_out(conn) {
+                return Ok(loan);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "every MySQL connection taken had been closed by the server".into(),
+        ))
     }
 }
 
@@ -476,7 +497,16 @@ const UNAVAILABLE_CODES: &[u16] = &[
     3024, // max_execution_time exceeded (MySQL)
 ];
 
+/// Maps a driver error; a lost connection also makes the current loan drop
+/// it.
 fn map_err(e: ::mysql::Error) -> StoreError {
+    if e.is_connectivity_error() {
+        loan::note_connection_lost();
+    }
+    classify(e)
+}
+
+fn classify(e: ::mysql::Error) -> StoreError {
     match &e {
         ::mysql::Error::MySqlError(me) => match me.code {
             1406 => StoreError::PayloadTooLarge,
@@ -993,6 +1023,25 @@ mod tests {
             store.store_offline("a", "b", &too_big),
             Err(StoreError::PayloadTooLarge)
         ));
+    }
+
+    /// A loan whose statement lost its connection drops it: the next
+    /// checkout gets another connection. A healthy loan's connection is
+    /// used again.
+    #[test]
+    fn a_connection_lost_during_a_loan_is_not_used_again() {
+        let Some(db) = mysql_test_db() else { return };
+        let store = MysqlStore::connect(&db.settings, 1).unwrap();
+        let first = store.conn().unwrap().connection_id();
+        assert_eq!(store.conn().unwrap().connection_id(), first, "reused");
+        {
+            let _loan = store.conn().unwrap();
+            let lost = ::mysql::Error::IoError(std::io::ErrorKind::TimedOut.into());
+            assert!(matches!(map_err(lost), StoreError::Unavailable(_)));
+        }
+        let next = store.conn().unwrap().connection_id();
+        assert_ne!(next, first, "the lost connection was handed out again");
+        assert_eq!(store.find_user("nobody").unwrap(), None);
     }
 }
 
