@@ -20,7 +20,6 @@ pub use client::{ClientChannel, ClientHandshake, ClientInbound, ClientRenewalMod
 pub use frame::Frame;
 pub use messages::Object;
 pub use renewal::{PolicyError, RenewalPolicy};
-pub use replay::REPLAY_WINDOW;
 pub use server::{Inbound, ServerChannel};
 
 use crate::crypto::CryptoError;
